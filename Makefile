@@ -1,0 +1,24 @@
+# phoenixci — every target installs what it needs first (scripts/bootstrap.sh is idempotent).
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean-state
+
+setup:
+	@scripts/bootstrap.sh
+
+demo: setup
+	$(BIN)/phoenixci demo
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check phoenixci tests app bench infra/files
+	$(BIN)/mypy phoenixci
+	$(BIN)/cfn-lint infra/*.yaml
+	$(BIN)/checkov --quiet --compact --framework cloudformation -d infra
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,9 @@
+"""Put the app directory on sys.path so ``import phoenixapp`` works from any cwd."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)

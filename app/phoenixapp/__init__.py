@@ -1,0 +1,1 @@
+"""phoenixapp: the dummy web application that the phoenixci pipeline tests, packages and deploys."""

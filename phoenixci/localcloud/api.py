@@ -1,0 +1,137 @@
+"""The AWS API of the local cloud: moto in server mode, in this process, IAM enforced.
+
+Start-up order: apply the in-process moto fixes, start the server on 127.0.0.1 (a free port),
+create the administrator (an IAM user with an inline ``*`` policy and an access key) while
+moto still accepts unauthenticated calls, then switch enforcement on with
+``POST /moto-api/reset-auth`` (body ``0``). From then on every request needs valid
+credentials and is checked against IAM policies.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from dataclasses import dataclass
+
+import boto3
+
+from phoenixci.errors import PhoenixError
+
+log = logging.getLogger(__name__)
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request at INFO
+
+ADMIN_USER = "phoenixci-admin"
+ADMIN_POLICY = {"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+_lock = threading.Lock()
+_running: ApiServer | None = None
+
+
+class ApiServerError(PhoenixError):
+    """The embedded API could not be started or stopped."""
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    access_key_id: str
+    secret_access_key: str
+
+
+class ApiServer:
+    """moto's ThreadedMotoServer on loopback with IAM enforcement switched on.
+
+    moto keeps its state per process, so one process runs at most one ApiServer.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
+        self.host = host
+        self.requested_port = port
+        self.region = region
+        self.port: int | None = None
+        self.admin: AdminCredentials | None = None
+        self._server: object | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.port is None:
+            raise ApiServerError("the embedded AWS API is not running")
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        global _running
+        from moto.server import ThreadedMotoServer
+
+        from phoenixci.localcloud import patches
+
+        with _lock:
+            if _running is not None:
+                raise ApiServerError("an embedded AWS API already runs in this process "
+                                     f"at {_running.endpoint_url}; reuse it or stop it first")
+            patches.apply()
+            self._reset_moto()
+            server = ThreadedMotoServer(ip_address=self.host, port=self.requested_port, verbose=False)
+            try:
+                server.start()
+            except OSError as e:
+                raise ApiServerError(f"cannot listen on {self.host}:{self.requested_port}: {e}") from e
+            self._server = server
+            self.port = int(server.get_host_and_port()[1])
+            _running = self
+        try:
+            self.admin = self._bootstrap_admin()
+            self._post("/moto-api/reset-auth", b"0")
+        except Exception:
+            self.stop()
+            raise
+        log.info("embedded AWS API on %s (IAM enforced)", self.endpoint_url)
+
+    def stop(self) -> None:
+        global _running
+        with _lock:
+            server = self._server
+            self._server = None
+            if server is not None:
+                server.stop()  # type: ignore[attr-defined]
+                inner = getattr(server, "_server", None)
+                if inner is not None:
+                    inner.server_close()  # ThreadedMotoServer.stop leaves the socket open
+            if _running is self:
+                _running = None
+            self._reset_moto()
+            self.port = None
+
+    def __enter__(self) -> ApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals ---------------------------------------------------------------------
+    @staticmethod
+    def _reset_moto() -> None:
+        """Forget every account's state and switch enforcement off (for a clean bootstrap)."""
+        from moto import settings
+        from moto.core.authorization import ActionAuthenticatorMixin
+        from moto.moto_api._internal.models import moto_api_backend
+
+        moto_api_backend.reset()
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+        ActionAuthenticatorMixin.request_count = 0
+
+    def _post(self, path: str, body: bytes) -> dict:
+        req = urllib.request.Request(self.endpoint_url + path, data=body, method="POST",
+                                     headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+            return dict(json.loads(resp.read() or b"{}"))
+
+    def _bootstrap_admin(self) -> AdminCredentials:
+        iam = boto3.client("iam", endpoint_url=self.endpoint_url, region_name=self.region,
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName=ADMIN_USER, Tags=[{"Key": "phoenixci:role", "Value": "admin"}])
+        iam.put_user_policy(UserName=ADMIN_USER, PolicyName="administrator",
+                            PolicyDocument=json.dumps(ADMIN_POLICY))
+        key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+        return AdminCredentials(key["AccessKeyId"], key["SecretAccessKey"])

@@ -1,0 +1,102 @@
+"""In-process fixes to moto's IAM evaluation, so the local cloud decides like AWS.
+
+moto 5.2.x evaluates identity policies against resource ``*`` for most services,
+never checks ``iam:PassRole`` and mis-evaluates trust policies. Each fix lives in
+its own module (see DESIGN.md, "Where moto must be extended in-process") and
+patches moto internals, hence the pinned version range.
+
+``apply()`` installs every fix once (thread-safe, idempotent); ``is_applied()``
+tells whether it ran.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from importlib import metadata
+
+from phoenixci.errors import PhoenixError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MOTO = ((5, 2, 5), (5, 3, 0))  # >= first, < second
+
+# Install order matters: resource ARNs and the caller capture wrap the
+# authorization entry point before PassRole wraps it again.
+_MODULES = (
+    "phoenixci.localcloud.patches._caller",
+    "phoenixci.localcloud.patches.resource_arns",
+    "phoenixci.localcloud.patches.ec2_denial",
+    "phoenixci.localcloud.patches.trust",
+    "phoenixci.localcloud.patches.passrole",
+    "phoenixci.localcloud.patches.cfn_rollback",
+)
+
+_lock = threading.Lock()
+_applied = False
+
+
+class MotoCompatError(PhoenixError):
+    """The installed moto is not one these patches were written and tested for."""
+
+
+def _parse_version(text: str) -> tuple[int, int, int]:
+    parts: list[int] = []
+    for chunk in text.split(".")[:3]:
+        digits = "".join(ch for ch in chunk if ch.isdigit()) or "0"
+        parts.append(int(digits))
+    while len(parts) < 3:
+        parts.append(0)
+    return parts[0], parts[1], parts[2]
+
+
+def check_moto_version(version: str | None = None) -> str:
+    """Return the moto version, or raise MotoCompatError when it is outside the pin."""
+    if version is None:
+        try:
+            version = metadata.version("moto")
+        except metadata.PackageNotFoundError as exc:
+            raise MotoCompatError("moto is not installed") from exc
+    low, high = SUPPORTED_MOTO
+    if not low <= _parse_version(version) < high:
+        raise MotoCompatError(
+            f"moto {version} is not supported by phoenixci.localcloud.patches "
+            f"(need >={'.'.join(map(str, low))},<{'.'.join(map(str, high))}); "
+            "re-verify every patch against the new moto before widening the pin")
+    return version
+
+
+def require(owner: object, name: str) -> object:
+    """Return ``owner.name`` or raise MotoCompatError naming the missing symbol."""
+    try:
+        return getattr(owner, name)
+    except AttributeError as exc:
+        owner_name = getattr(owner, "__qualname__", getattr(owner, "__name__", repr(owner)))
+        raise MotoCompatError(
+            f"moto changed: {owner_name}.{name} is missing; the patch needs updating") from exc
+
+
+def apply() -> None:
+    """Install every fix into the running process's moto (safe to call repeatedly)."""
+    global _applied
+    if _applied:
+        return
+    with _lock:
+        if _applied:
+            return
+        version = check_moto_version()
+        modules = [importlib.import_module(name) for name in _MODULES]
+        for module in modules:  # every symbol first, so a mismatch installs nothing
+            module.check()
+        for module in modules:
+            module.install()
+        _applied = True
+        log.info("applied %d moto patches to moto %s", len(_MODULES), version)
+
+
+def is_applied() -> bool:
+    """True once apply() has installed the fixes in this process."""
+    return _applied
+
+
+__all__ = ["MotoCompatError", "apply", "check_moto_version", "is_applied", "require"]

@@ -1,0 +1,1 @@
+"""The pipeline stages: package, publish, deploy (phoenix), retire."""

@@ -1,0 +1,188 @@
+"""Deploy, the phoenix way: a brand-new server per release, the old one retired only after
+the new one serves.
+
+1. create stack ``app-<revision>`` from ``infra/app-server.yaml`` and wait for it;
+2. health-gate the new instance (``/health`` 200 and ``/version`` equal to the revision);
+3. move the app Elastic IP to it (and check the move);
+4. retire the older ``app-*`` stacks.
+
+Any failure in 1–3 deletes the new stack and leaves the Elastic IP and the old server alone
+(if the address had already moved, it is moved back). A failure in 4 is reported; the new
+server keeps serving.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from phoenixci import stacks
+from phoenixci.errors import ConfigError, DeployError, PhoenixError
+from phoenixci.pipeline.health import HealthCheck, Target, http_health_check
+from phoenixci.pipeline.retire import RetireError, app_stack_name, retire
+from phoenixci.templates import Template, load_template
+
+log = logging.getLogger(__name__)
+
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where app servers go: read from the infrastructure stack's outputs and parameters."""
+
+    run_id: str
+    artifact_bucket: str
+    image_id: str
+    key_name: str
+    subnet_id: str
+    security_group_id: str
+    instance_profile: str
+    eip_allocation_id: str
+    instance_type: str = "t3.small"
+    endpoint_url: str = ""
+    app_port: int = 8080
+
+    @classmethod
+    def from_infra_stack(cls, stack: stacks.Stack, *, endpoint_url: str = "") -> Environment:
+        params = stack.parameters
+        return cls(run_id=stack.tags.get(stacks.RUN_ID_TAG) or params.get("RunId", ""),
+                   artifact_bucket=stack.output("ArtifactBucket"),
+                   image_id=params.get("ImageId", ""), key_name=params.get("KeyName", ""),
+                   subnet_id=stack.output("SubnetId"),
+                   security_group_id=stack.output("AppSecurityGroupId"),
+                   instance_profile=stack.output("AppInstanceProfile"),
+                   eip_allocation_id=stack.output("AppEipAllocationId"),
+                   instance_type=params.get("InstanceType", "t3.small"),
+                   endpoint_url=endpoint_url)
+
+
+@dataclass
+class DeployResult:
+    revision: str
+    stack: str
+    instance_id: str
+    address: str
+    public_ip: str
+    previous_instance_id: str | None
+    retired: list[str] = field(default_factory=list)
+    retire_error: str | None = None
+    already_live: bool = False
+
+
+def _check_inputs(revision: str, sha256: str, env: Environment) -> None:
+    if not _REVISION.match(revision):
+        raise ConfigError(f"revision {revision!r} is not a full 40-character git sha "
+                          "(use `git rev-parse HEAD`)")
+    if not _SHA256.match(sha256):
+        raise ConfigError(f"artifact sha256 {sha256!r} is not 64 lowercase hex characters")
+    missing = [k for k in ("run_id", "artifact_bucket", "image_id", "key_name", "subnet_id",
+                           "security_group_id", "instance_profile", "eip_allocation_id")
+               if not getattr(env, k)]
+    if missing:
+        raise ConfigError(f"deploy environment incomplete: {', '.join(missing)} missing "
+                          "(is the infrastructure stack complete?)")
+
+
+def eip_holder(ec2: Any, allocation_id: str) -> tuple[str | None, str]:
+    """(instance id the app Elastic IP points to or None, its public address)."""
+    try:
+        addr = ec2.describe_addresses(AllocationIds=[allocation_id])["Addresses"][0]
+    except (ClientError, IndexError) as e:
+        raise DeployError(f"app Elastic IP {allocation_id} not found: {e}") from e
+    return addr.get("InstanceId") or None, addr["PublicIp"]
+
+
+def move_eip(ec2: Any, allocation_id: str, instance_id: str) -> None:
+    """Associate the app Elastic IP with ``instance_id`` and check it points there."""
+    try:
+        ec2.associate_address(AllocationId=allocation_id, InstanceId=instance_id, AllowReassociation=True)
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        raise DeployError(f"cannot move Elastic IP {allocation_id} to {instance_id}: "
+                          f"{err.get('Code')}: {err.get('Message')}") from e
+    holder, _ = eip_holder(ec2, allocation_id)
+    if holder != instance_id:
+        raise DeployError(f"Elastic IP {allocation_id} points to {holder}, not {instance_id}, after the move")
+
+
+def _instance_address(ec2: Any, instance_id: str) -> str:
+    found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    instance = found[0]["Instances"][0]
+    return str(instance.get("PrivateIpAddress") or "")
+
+
+def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, artifact_key: str,
+           artifact_sha256: str, health_check: HealthCheck = http_health_check,
+           health_timeout: float = 300.0, stack_timeout: float = stacks.DEFAULT_TIMEOUT,
+           template: Template | None = None) -> DeployResult:
+    """Release ``revision`` on a new server; see the module docstring for the steps."""
+    _check_inputs(revision, artifact_sha256, env)
+    template = template or load_template("app-server")
+    name = app_stack_name(revision)
+    previous, public_ip = eip_holder(ec2, env.eip_allocation_id)
+
+    existing = stacks.describe(cfn, name)
+    if existing is not None and existing.status == "CREATE_COMPLETE" and \
+            previous == existing.outputs.get("InstanceId"):
+        log.info("%s already serves %s", name, revision)
+        return DeployResult(revision, name, previous, _instance_address(ec2, previous), public_ip,
+                            previous, already_live=True)
+    if existing is not None:
+        log.warning("removing leftover stack %s (%s) before redeploying", name, existing.status)
+        stacks.delete(cfn, s3, name, timeout=stack_timeout)
+
+    params = {"Revision": revision, "RunId": env.run_id, "ArtifactBucket": env.artifact_bucket,
+              "ArtifactKey": artifact_key, "ArtifactSha256": artifact_sha256,
+              "ImageId": env.image_id, "InstanceType": env.instance_type, "KeyName": env.key_name,
+              "SubnetId": env.subnet_id, "SecurityGroupId": env.security_group_id,
+              "InstanceProfile": env.instance_profile, "AwsEndpointUrl": env.endpoint_url,
+              "AppPort": str(env.app_port)}
+    moved = False
+    try:
+        stack = stacks.create(cfn, s3, name, template, params, run_id=env.run_id,
+                              tags={"phoenixci:revision": revision}, timeout=stack_timeout)
+    except PhoenixError as e:
+        raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
+    try:
+        instance_id = stack.output("InstanceId")
+        address = _instance_address(ec2, instance_id)
+        health_check(Target(instance_id, address, env.app_port, revision), health_timeout)
+        moved = True  # from here on the address may have moved, even if the call fails
+        move_eip(ec2, env.eip_allocation_id, instance_id)
+    except (PhoenixError, ClientError, BotoCoreError) as e:
+        _undo(cfn, ec2, s3, env, name, previous, moved, stack_timeout)
+        raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
+    except BaseException:
+        _undo(cfn, ec2, s3, env, name, previous, moved, stack_timeout)
+        raise
+    log.info("%s now serves %s at %s", instance_id, revision, public_ip)
+
+    result = DeployResult(revision, name, instance_id, address, public_ip, previous)
+    try:
+        result.retired = retire(cfn, s3, keep=name, run_id=env.run_id, timeout=stack_timeout).retired
+    except RetireError as e:
+        result.retire_error = str(e)
+    return result
+
+
+def _undo(cfn: Any, ec2: Any, s3: Any, env: Environment, name: str, previous: str | None,
+          moved: bool, timeout: float) -> None:
+    """Put things back as they were: the address on the old server, the new stack gone."""
+    if moved:
+        with contextlib.suppress(PhoenixError, ClientError, BotoCoreError):
+            if previous:
+                move_eip(ec2, env.eip_allocation_id, previous)
+            else:
+                addr = ec2.describe_addresses(AllocationIds=[env.eip_allocation_id])["Addresses"][0]
+                if addr.get("AssociationId"):
+                    ec2.disassociate_address(AssociationId=addr["AssociationId"])
+    try:
+        stacks.delete(cfn, s3, name, timeout=timeout)
+    except PhoenixError as e:
+        log.error("could not delete failed stack %s: %s", name, e)

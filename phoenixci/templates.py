@@ -1,0 +1,93 @@
+"""Reading CloudFormation templates and checking parameters before any API call."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from phoenixci.errors import ConfigError, TemplateError
+
+INFRA_DIR = Path(__file__).resolve().parent.parent / "infra"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """A YAML loader that accepts CloudFormation's short-form tags (``!Ref``, ``!Sub`` ...)."""
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: where it came from, its text, and its declared parameters."""
+
+    path: Path
+    body: str
+    document: dict[str, Any]
+
+    @property
+    def parameters(self) -> dict[str, dict[str, Any]]:
+        return dict(self.document.get("Parameters") or {})
+
+    @property
+    def required_parameters(self) -> set[str]:
+        return {name for name, spec in self.parameters.items() if "Default" not in (spec or {})}
+
+    def check_parameters(self, given: dict[str, str]) -> None:
+        """Raise ConfigError naming missing or unknown parameters, before the API sees them."""
+        missing = sorted(self.required_parameters - set(given))
+        unknown = sorted(set(given) - set(self.parameters))
+        problems = []
+        if missing:
+            problems.append(f"missing parameter(s) {', '.join(missing)}")
+        if unknown:
+            problems.append(f"unknown parameter(s) {', '.join(unknown)}")
+        if problems:
+            known = ", ".join(sorted(self.parameters)) or "none"
+            raise ConfigError(f"{self.path.name}: {'; '.join(problems)} (the template takes: {known})")
+
+
+def template_path(name: str) -> Path:
+    """``infrastructure`` → ``infra/infrastructure.yaml``; a path is returned as is."""
+    path = Path(name)
+    if path.suffix in {".yaml", ".yml", ".json"}:
+        return path
+    return INFRA_DIR / f"{name}.yaml"
+
+
+def load_template(name_or_path: str | Path) -> Template:
+    """Read and parse a template; raise TemplateError with the file and line on bad YAML."""
+    path = template_path(str(name_or_path))
+    try:
+        body = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TemplateError(f"cannot read template {path}: {e.strerror}") from e
+    try:
+        document = yaml.load(body, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise TemplateError(f"template {path}{where} is not valid YAML: {problem}") from e
+    if not isinstance(document, dict) or "Resources" not in document:
+        raise TemplateError(f"template {path} is not a CloudFormation template: "
+                            "it has no top-level 'Resources' section")
+    if not isinstance(document["Resources"], dict) or not document["Resources"]:
+        raise TemplateError(f"template {path}: 'Resources' must be a non-empty mapping")
+    return Template(path=path, body=body, document=document)

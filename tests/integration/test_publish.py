@@ -1,0 +1,202 @@
+"""publish() and fetch_and_verify() against a real moto S3 server on 127.0.0.1."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.stub import Stubber
+from moto.server import ThreadedMotoServer
+
+from phoenixci.errors import PublishError
+from phoenixci.pipeline.package import PackageResult
+from phoenixci.pipeline.publish import PublishResult, fetch_and_verify, publish
+from phoenixci.util import free_port
+
+pytestmark = pytest.mark.integration
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+             "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in DUMMY_ENV.items():
+            mp.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3(endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=Config(retries={"max_attempts": 1}))
+
+
+@pytest.fixture
+def bucket(s3: Any, request: pytest.FixtureRequest) -> str:
+    name = f"phoenixci-test-{abs(hash(request.node.name)) % 10**8}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def make_artifact(directory: Path, content: bytes, revision: str = REV) -> PackageResult:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"app-{revision}.tar.gz"
+    path.write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    sha_path = path.with_name(path.name + ".sha256")
+    sha_path.write_text(f"{digest}  {path.name}\n")
+    return PackageResult(path=path, sha256_path=sha_path, sha256=digest, revision=revision,
+                         build="1", manifest={})
+
+
+def test_publish_uploads_artifact_checksum_and_metadata(s3: Any, bucket: str,
+                                                        tmp_path: Path) -> None:
+    art = make_artifact(tmp_path, b"artifact bytes")
+    result = publish(s3, bucket, art)
+    key = f"app/{REV}/app-{REV}.tar.gz"
+    assert result == PublishResult(bucket=bucket, key=key, sha256_key=key + ".sha256",
+                                   sha256=art.sha256, revision=REV, already_published=False,
+                                   url=f"s3://{bucket}/{key}")
+    obj = s3.get_object(Bucket=bucket, Key=key)
+    assert obj["Body"].read() == b"artifact bytes"
+    assert obj["Metadata"]["sha256"] == art.sha256
+    sha_text = s3.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read().decode()
+    assert sha_text == f"{art.sha256}  app-{REV}.tar.gz\n"
+
+
+def test_republishing_the_same_bytes_is_a_no_op(s3: Any, bucket: str, tmp_path: Path) -> None:
+    art = make_artifact(tmp_path, b"same")
+    first = publish(s3, bucket, art)
+    etag = s3.head_object(Bucket=bucket, Key=first.key)["ETag"]
+    again = publish(s3, bucket, art.path)  # a bare path: revision from the file name
+    assert again.already_published and not first.already_published
+    assert again.key == first.key and again.sha256 == first.sha256
+    assert s3.head_object(Bucket=bucket, Key=first.key)["ETag"] == etag
+
+
+def test_republishing_different_bytes_is_refused(s3: Any, bucket: str, tmp_path: Path) -> None:
+    first = publish(s3, bucket, make_artifact(tmp_path / "a", b"original"))
+    other = make_artifact(tmp_path / "b", b"rebuilt differently")
+    with pytest.raises(PublishError, match=rf"revision {REV} is already published .*"
+                                           rf"sha256 {first.sha256}; refusing to overwrite "
+                                           rf"with {other.sha256}; publish a new revision"):
+        publish(s3, bucket, other)
+    assert s3.get_object(Bucket=bucket, Key=first.key)["Body"].read() == b"original"
+
+
+def test_missing_bucket_is_a_clear_publish_error(s3: Any, tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match=r"bucket 'no-such-bucket' does not exist.*create") as e:
+        publish(s3, "no-such-bucket", make_artifact(tmp_path, b"x"))
+    assert "\n" not in str(e.value)
+    assert "Traceback" not in str(e.value)
+
+
+def test_local_artifact_changed_after_packaging_is_refused(s3: Any, bucket: str,
+                                                          tmp_path: Path) -> None:
+    art = make_artifact(tmp_path, b"packaged")
+    art.path.write_bytes(b"edited afterwards")
+    with pytest.raises(PublishError, match="changed since it was packaged"):
+        publish(s3, bucket, art)
+
+
+def test_fetch_and_verify_round_trip(s3: Any, bucket: str, tmp_path: Path) -> None:
+    art = make_artifact(tmp_path / "build", b"good bytes")
+    result = publish(s3, bucket, art)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    got = fetch_and_verify(s3, bucket, result.key, dest)
+    assert got == dest / art.path.name
+    assert got.read_bytes() == b"good bytes"
+
+
+def test_fetch_and_verify_detects_a_tampered_object(s3: Any, bucket: str, tmp_path: Path) -> None:
+    art = make_artifact(tmp_path / "build", b"good bytes")
+    result = publish(s3, bucket, art)
+    s3.put_object(Bucket=bucket, Key=result.key, Body=b"evil bytes",
+                  Metadata={"sha256": art.sha256})
+    target = tmp_path / "dl" / "app.tar.gz"
+    with pytest.raises(PublishError, match="corrupt or tampered"):
+        fetch_and_verify(s3, bucket, result.key, target)
+    assert not target.exists()
+    assert not list(target.parent.iterdir())
+    with pytest.raises(PublishError, match="does not match after upload"):
+        publish(s3, bucket, art)
+
+
+def test_fetch_missing_key_is_a_clear_publish_error(s3: Any, bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(PublishError, match=rf"s3://{bucket}/app/nope.tar.gz.sha256"):
+        fetch_and_verify(s3, bucket, "app/nope.tar.gz", tmp_path)
+
+
+def test_unreachable_endpoint_is_a_clear_publish_error(tmp_path: Path,
+                                                       endpoint: str) -> None:
+    dead = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                        region_name="us-east-1",
+                        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    with pytest.raises(PublishError, match="cannot reach the S3 endpoint"):
+        publish(dead, "bucket", make_artifact(tmp_path, b"x"))
+
+
+def test_no_credentials_is_a_clear_publish_error(tmp_path: Path, endpoint: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    with pytest.raises(PublishError, match="no AWS credentials"):
+        publish(client, "bucket", make_artifact(tmp_path, b"x"))
+
+
+def test_access_denied_names_the_key_and_the_permission(tmp_path: Path) -> None:
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    key = f"app/{REV}/app-{REV}.tar.gz"
+    with Stubber(client) as stub:
+        stub.add_client_error("head_object", "403", http_status_code=403)
+        stub.add_client_error("put_object", "AccessDenied", http_status_code=403)
+        with pytest.raises(PublishError, match=rf"access denied .*s3://ci-bucket/{key}; grant "
+                                               r"the caller s3:PutObject"):
+            publish(client, "ci-bucket", make_artifact(tmp_path, b"x"))
+
+
+class _BlindHead:
+    """An S3 client whose first HeadObject says 404, as if another publisher raced us."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self._blind = client, True
+
+    def head_object(self, **kwargs: Any) -> Any:
+        if self._blind:
+            self._blind = False
+            raise self._client.exceptions.ClientError(
+                {"Error": {"Code": "404", "Message": "Not Found"}}, "HeadObject")
+        return self._client.head_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_concurrent_publish_cannot_overwrite(s3: Any, bucket: str, tmp_path: Path) -> None:
+    first = publish(s3, bucket, make_artifact(tmp_path / "a", b"winner"))
+    with pytest.raises(PublishError, match="refusing to overwrite"):
+        publish(_BlindHead(s3), bucket, make_artifact(tmp_path / "b", b"loser"))
+    assert s3.get_object(Bucket=bucket, Key=first.key)["Body"].read() == b"winner"
+    same = publish(_BlindHead(s3), bucket, make_artifact(tmp_path / "c", b"winner"))
+    assert same.already_published
