@@ -81,6 +81,15 @@ class Backend(abc.ABC):
                              aws_session_token=credentials.get("SessionToken"),
                              region_name=self.region)
 
+    def instance_role_session(self, role_arn: str, session_name: str = "phoenixci-test") -> boto3.Session:
+        """A session acting as an instance profile's role, as code on an instance would.
+
+        Only the local cloud can hand these out from outside an instance (on AWS only EC2
+        may assume a role trusted by ``ec2.amazonaws.com``).
+        """
+        raise ConfigError(f"backend {self.url} cannot act as instance role {role_arn}: only EC2 "
+                          "instances may assume it there; run role tests on moto://")
+
     @property
     def account_id(self) -> str:
         if self._account_id is None:

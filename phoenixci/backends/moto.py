@@ -43,6 +43,12 @@ class MotoBackend(Backend):
         if api is not None:
             api.stop()  # type: ignore[attr-defined]
 
+    def instance_role_session(self, role_arn: str, session_name: str = "phoenixci-test") -> boto3.Session:
+        from phoenixci.localcloud.rolecreds import mint_role_credentials
+
+        creds = mint_role_credentials(self.account_id, role_arn, session_name, region=self._region)
+        return self.session_for(creds)
+
     def make_session(self) -> boto3.Session:
         admin = self._api.admin if self._api is not None else None  # type: ignore[attr-defined]
         if admin is None:

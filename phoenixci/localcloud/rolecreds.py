@@ -50,12 +50,12 @@ def mint_role_credentials(account_id: str, role_arn: str, session_name: str,
             f"sts:AssumeRole for Service {EC2_SERVICE})", role_arn=role_arn)
     assumed = sts_backends[account_id][partition].assume_role(
         region_name=region, role_session_name=session_name, role_arn=role_arn,
-        policy=None, duration=duration, external_id=None)
+        policy=None, duration=duration, external_id=None)  # type: ignore[arg-type]
     log.debug("minted credentials for %s (session %s)", role_arn, session_name)
     return {
         "AccessKeyId": assumed.access_key_id,
         "SecretAccessKey": assumed.secret_access_key,
         "SessionToken": assumed.session_token,
-        "Expiration": assumed.expiration.replace(tzinfo=datetime.timezone.utc),
+        "Expiration": assumed.expiration.replace(tzinfo=datetime.UTC),
         "AssumedRoleArn": assumed.arn,
     }

@@ -18,6 +18,7 @@ import boto3
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -47,6 +48,8 @@ def outcome(call: Any) -> str:
     except ClientError as err:
         meta = err.response.get("ResponseMetadata", {})
         return f"{meta.get('HTTPStatusCode')}:{err.response.get('Error', {}).get('Code')}"
+    except ResponseParserError as err:  # moto's HTML 500 page
+        return "500:InternalServerError" if "500 Internal Server Error" in str(err) else "unparseable"
     return "ok"
 
 
@@ -84,18 +87,10 @@ class World:
         return {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
 
     def role_creds(self, role_arn: str, session: str = "test") -> dict[str, str]:
-        """Credentials of the role, as the IMDS would hand them to an instance."""
-        sts = boto3.client("sts", region_name=REGION, endpoint_url=self.endpoint,
-                           aws_access_key_id="x", aws_secret_access_key="x")
-        del sts  # minted in-process below; the server accepts them like any session
-        from moto.sts.models import sts_backends
+        """Credentials of the role, minted in-process as the IMDS hands them to an instance."""
+        from phoenixci.localcloud.rolecreds import mint_role_credentials
 
-        assumed = sts_backends[ACCOUNT]["aws"].assume_role(
-            region_name=REGION, role_session_name=session, role_arn=role_arn,
-            policy=None, duration=3600, external_id=None)
-        return {"AccessKeyId": assumed.access_key_id,
-                "SecretAccessKey": assumed.secret_access_key,
-                "SessionToken": assumed.session_token}
+        return mint_role_credentials(ACCOUNT, role_arn, session, region=REGION)
 
     def image_id(self) -> str:
         return str(self.client("ec2").describe_images()["Images"][0]["ImageId"])
@@ -187,8 +182,8 @@ def probe() -> dict[str, str]:
             {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
              "Action": "sts:AssumeRole"}]})
         sts = world.client("sts", dev)
-        results["assume_service_only"] = outcome(lambda: sts.assume_role(RoleArn=svc, RoleSessionName="s"))
-        results["assume_root_trusted"] = outcome(lambda: sts.assume_role(RoleArn=root, RoleSessionName="s"))
+        results["assume_service_only"] = outcome(lambda: sts.assume_role(RoleArn=svc, RoleSessionName="probe"))
+        results["assume_root_trusted"] = outcome(lambda: sts.assume_role(RoleArn=root, RoleSessionName="probe"))
         return results
     finally:
         world.stop()

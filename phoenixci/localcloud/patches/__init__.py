@@ -28,6 +28,7 @@ _MODULES = (
     "phoenixci.localcloud.patches.resource_arns",
     "phoenixci.localcloud.patches.ec2_denial",
     "phoenixci.localcloud.patches.trust",
+    "phoenixci.localcloud.patches.cfn_instance",  # before passrole, which wraps it
     "phoenixci.localcloud.patches.passrole",
     "phoenixci.localcloud.patches.cfn_rollback",
 )

@@ -51,6 +51,11 @@ def mark(func: Any) -> Any:
     return func
 
 
+def replace(owner: Any, name: str, value: Any) -> None:
+    """Install ``value`` as ``owner.name`` (the one place patches assign into moto)."""
+    setattr(owner, name, value)
+
+
 def check() -> None:
     from moto.core.responses import BaseResponse
     from moto.iam.access_control import IAMRequestBase
@@ -74,7 +79,7 @@ def install() -> None:
             CURRENT_CALLER.set(Caller(arn=self._access_key.arn, account_id=self.account_id,
                                       access_key=self._access_key))
 
-        IAMRequestBase.check_signature = mark(check_signature)
+        replace(IAMRequestBase, "check_signature", mark(check_signature))
 
     if not is_patched(BaseResponse.call_action):
         original_call_action = BaseResponse.call_action
@@ -87,5 +92,5 @@ def install() -> None:
             finally:
                 CURRENT_CALLER.reset(token)
 
-        BaseResponse.call_action = mark(call_action)
+        replace(BaseResponse, "call_action", mark(call_action))
     log.debug("caller capture installed")

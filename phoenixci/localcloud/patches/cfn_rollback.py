@@ -85,7 +85,7 @@ def install() -> None:
     from moto.cloudformation.exceptions import ValidationError
     from moto.cloudformation.models import CloudFormationBackend
 
-    from phoenixci.localcloud.patches._caller import is_patched, mark
+    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
 
     original = CloudFormationBackend.create_stack
     if is_patched(original):
@@ -104,5 +104,5 @@ def install() -> None:
             roll_back(self, stack, failure)
             return stack
 
-    CloudFormationBackend.create_stack = mark(create_stack)
+    replace(CloudFormationBackend, "create_stack", mark(create_stack))
     log.debug("CloudFormation rollback on resource failure installed")

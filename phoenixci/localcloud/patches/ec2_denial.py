@@ -47,7 +47,7 @@ def check() -> None:
 def install() -> None:
     from moto.iam.access_control import IAMRequest
 
-    from phoenixci.localcloud.patches._caller import is_patched, mark
+    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
 
     original = IAMRequest._raise_access_denied
     if is_patched(original):
@@ -59,5 +59,5 @@ def install() -> None:
             raise unauthorized(self._access_key.arn, self._action)
         original(self)
 
-    IAMRequest._raise_access_denied = mark(_raise_access_denied)
+    replace(IAMRequest, "_raise_access_denied", mark(_raise_access_denied))
     log.debug("EC2 UnauthorizedOperation denials installed")

@@ -19,7 +19,7 @@ import functools
 import logging
 from typing import Any
 
-from phoenixci.localcloud.patches._caller import Caller, current_caller, is_patched, mark
+from phoenixci.localcloud.patches._caller import Caller, current_caller, is_patched, mark, replace
 from phoenixci.localcloud.patches.cfn_rollback import ResourceCreateFailed
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def install() -> None:
                     raise unauthorized(caller.arn, "iam:PassRole", role)
 
         authorize.__phoenixci_passrole__ = True  # type: ignore[attr-defined]
-        ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = mark(authorize)
+        replace(ActionAuthenticatorMixin, "_authenticate_and_authorize_normal_action", mark(authorize))
 
     original_create = Instance.__dict__["create_from_cloudformation_json"].__func__
     if not is_patched(original_create):
@@ -134,5 +134,5 @@ def install() -> None:
             return original_create(cls, resource_name, cloudformation_json, account_id,
                                    region_name, **kwargs)
 
-        Instance.create_from_cloudformation_json = classmethod(mark(create_from_cloudformation_json))
+        replace(Instance, "create_from_cloudformation_json", classmethod(mark(create_from_cloudformation_json)))
     log.debug("iam:PassRole checks installed")

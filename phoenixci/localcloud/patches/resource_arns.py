@@ -238,7 +238,7 @@ def install() -> None:
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.iam.access_control import IAMRequest, IAMRequestBase
 
-    from phoenixci.localcloud.patches._caller import is_patched, mark
+    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
     from phoenixci.localcloud.patches._policy_eval import as_resources, evaluate
 
     original_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_normal_action
@@ -253,7 +253,7 @@ def install() -> None:
                     log.exception("resource ARN mapping failed; using %r", resource)
             self._authenticate_and_authorize_action(IAMRequest, arns or resource)
 
-        ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = mark(authorize)
+        replace(ActionAuthenticatorMixin, "_authenticate_and_authorize_normal_action", mark(authorize))
 
     if not is_patched(IAMRequestBase.check_action_permitted):
         def check_action_permitted(self: Any, resource: str | Sequence[str]) -> None:
@@ -267,5 +267,5 @@ def install() -> None:
                         not self._check_role_trust_relationship(arn):
                     self._raise_access_denied()
 
-        IAMRequestBase.check_action_permitted = mark(check_action_permitted)
+        replace(IAMRequestBase, "check_action_permitted", mark(check_action_permitted))
     log.debug("resource ARN authorization installed")

@@ -63,9 +63,7 @@ def principal_matches(principal: Any, caller_arn: str | None = None,
     if caller_arn and any(aws_principal_matches(str(v), caller_arn)
                           for v in _as_list(principal.get("AWS"))):
         return True
-    if service and any(str(v) == service for v in _as_list(principal.get("Service"))):
-        return True
-    return False
+    return bool(service and any(str(v) == service for v in _as_list(principal.get("Service"))))
 
 
 def _statement_applies(statement: Mapping[str, Any], action: str, caller_arn: str | None,
@@ -118,7 +116,7 @@ def install() -> None:
     from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
     from moto.iam.utils import format_incoming_conditional_values
 
-    from phoenixci.localcloud.patches._caller import is_patched, mark
+    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
 
     if not is_patched(IAMRequestBase._check_role_trust_relationship):
         def _check_role_trust_relationship(self: Any, role_arn: str) -> bool:
@@ -132,12 +130,12 @@ def install() -> None:
                          self._access_key.arn, self._action)
             return allowed
 
-        IAMRequestBase._check_role_trust_relationship = mark(_check_role_trust_relationship)
+        replace(IAMRequestBase, "_check_role_trust_relationship", mark(_check_role_trust_relationship))
 
     if not is_patched(IAMPolicyStatement._check_principal):
         def _check_principal(self: Any, principal: str) -> bool:
             expected = self._statement.get("Principal")
             return not expected or principal_matches(expected, caller_arn=principal)
 
-        IAMPolicyStatement._check_principal = mark(_check_principal)
+        replace(IAMPolicyStatement, "_check_principal", mark(_check_principal))
     log.debug("trust policy evaluation installed")
