@@ -120,7 +120,7 @@ def _hmac(key: bytes, msg: str) -> bytes:
 def sign_get(url: str, region: str, creds: dict[str, str],
              now: datetime.datetime | None = None) -> dict[str, str]:
     """Headers for an AWS Signature Version 4 signed GET of ``url`` (service s3)."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     day = amz_date[:8]
     parts = urllib.parse.urlsplit(url)

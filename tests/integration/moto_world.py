@@ -58,6 +58,7 @@ class World:
     server: Any
     endpoint: str
     admin: dict[str, str]
+    previous_auth: str = "inf"
     _clients: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
@@ -96,12 +97,26 @@ class World:
         return str(self.client("ec2").describe_images()["Images"][0]["ImageId"])
 
     def stop(self) -> None:
+        """Stop the server and restore the process-wide enforcement setting.
+
+        moto's state is process-global (shared with any other server in this process),
+        so it is not wiped here; every name this module creates is prefixed ``mp-``.
+        """
         try:
-            requests.post(f"{self.endpoint}/moto-api/reset-auth", data=b"inf",
-                          headers={"Content-Type": "text/plain"}, timeout=10)
-            requests.post(f"{self.endpoint}/moto-api/reset", timeout=10)
+            _reset_auth(self.endpoint, self.previous_auth)
         finally:
             self.server.stop()
+            inner = getattr(self.server, "_server", None)
+            if inner is not None:
+                inner.server_close()  # ThreadedMotoServer.stop leaves the socket open
+
+
+def _reset_auth(endpoint: str, value: str) -> str:
+    """Set moto's INITIAL_NO_AUTH_ACTION_COUNT; return the previous value."""
+    response = requests.post(f"{endpoint}/moto-api/reset-auth", data=value.encode(),
+                             headers={"Content-Type": "text/plain"}, timeout=10)
+    response.raise_for_status()
+    return str(response.json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
 
 
 def start_world() -> World:
@@ -115,12 +130,12 @@ def start_world() -> World:
     boot = {"AccessKeyId": "bootstrap", "SecretAccessKey": "bootstrap"}
     world = World(server=server, endpoint=endpoint, admin=boot)
     try:
-        world.admin = world.make_user("admin", [allow("*", "*")])
-        response = requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0",
-                                 headers={"Content-Type": "text/plain"}, timeout=10)
-        response.raise_for_status()
+        # bootstrap phase: unauthenticated calls (even if another server enforces already)
+        world.previous_auth = _reset_auth(endpoint, "inf")
+        world.admin = world.make_user(f"mp-admin-{time.time_ns()}", [allow("*", "*")])
+        _reset_auth(endpoint, "0")
     except BaseException:
-        server.stop()
+        world.stop()
         raise
     return world
 

@@ -67,7 +67,7 @@ def count_instances(world: World, **filters: str) -> int:
 
 @pytest.fixture(scope="module")
 def cfn_role(world: World) -> Any:
-    arn = world.make_role("deployer", [
+    arn = world.make_role("mp-deployer", [
         allow(["cloudformation:CreateStack", "cloudformation:DeleteStack",
                "cloudformation:DescribeStacks"], STACK_ARN_APP),
         allow(["s3:CreateBucket", "s3:DeleteBucket"], "*")])
@@ -76,22 +76,22 @@ def cfn_role(world: World) -> Any:
 
 def test_stack_scoped_policy_allows_matching_stack(world: World, cfn_role: Any) -> None:
     """AWS: Allow cloudformation:* on stack/app-*/* covers stack app-x (create, describe, delete)."""
-    cfn_role.create_stack(StackName="app-x", TemplateBody=bucket_template("app-x-bucket"))
-    assert cfn_role.describe_stacks(StackName="app-x")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
-    cfn_role.delete_stack(StackName="app-x")
+    cfn_role.create_stack(StackName="app-mp-x", TemplateBody=bucket_template("mp-app-x-bucket"))
+    assert cfn_role.describe_stacks(StackName="app-mp-x")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+    cfn_role.delete_stack(StackName="app-mp-x")
     names = [s["StackName"] for s in world.client("cloudformation").describe_stacks()["Stacks"]]
-    assert "app-x" not in names
+    assert "app-mp-x" not in names
 
 
 def test_stack_scoped_policy_denies_other_stack(world: World, cfn_role: Any) -> None:
     """AWS: the same policy does not cover stack infra, nor DescribeStacks of all stacks (*)."""
-    world.client("cloudformation").create_stack(StackName="infra",
-                                                TemplateBody=bucket_template("infra-bucket"))
-    assert outcome(lambda: cfn_role.delete_stack(StackName="infra")) == "403:AccessDenied"
+    world.client("cloudformation").create_stack(StackName="mp-infra",
+                                                TemplateBody=bucket_template("mp-infra-bucket"))
+    assert outcome(lambda: cfn_role.delete_stack(StackName="mp-infra")) == "403:AccessDenied"
     assert outcome(lambda: cfn_role.create_stack(
-        StackName="other", TemplateBody=bucket_template("other-b"))) == "403:AccessDenied"
+        StackName="mp-other", TemplateBody=bucket_template("mp-other-b"))) == "403:AccessDenied"
     assert outcome(lambda: cfn_role.describe_stacks()) == "403:AccessDenied"
-    assert world.client("cloudformation").describe_stacks(StackName="infra")["Stacks"]
+    assert world.client("cloudformation").describe_stacks(StackName="mp-infra")["Stacks"]
 
 
 def test_eip_scoped_policy(world: World) -> None:
@@ -100,7 +100,7 @@ def test_eip_scoped_policy(world: World) -> None:
     mine = ec2.allocate_address(Domain="vpc")["AllocationId"]
     other = ec2.allocate_address(Domain="vpc")["AllocationId"]
     instance = ec2.run_instances(ImageId=world.image_id(), MinCount=1, MaxCount=1)["Instances"][0]
-    arn = world.make_role("eip-mover", [allow("ec2:AssociateAddress", [
+    arn = world.make_role("mp-eip-mover", [allow("ec2:AssociateAddress", [
         f"arn:aws:ec2:{REGION}:{ACCOUNT}:elastic-ip/{mine}",
         f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"])])
     role_ec2 = world.client("ec2", world.role_creds(arn))
@@ -121,7 +121,7 @@ def test_upstream_resource_arns_still_needed(upstream: dict[str, str]) -> None:
 
 def test_ec2_denial_is_unauthorized_operation(world: World) -> None:
     """AWS: EC2 denies with HTTP 403 UnauthorizedOperation, not AccessDenied."""
-    arn = world.make_role("no-ec2", [allow("s3:ListAllMyBuckets", "*")])
+    arn = world.make_role("mp-no-ec2", [allow("s3:ListAllMyBuckets", "*")])
     role_ec2 = world.client("ec2", world.role_creds(arn))
     assert outcome(role_ec2.describe_instances) == "403:UnauthorizedOperation"
 
@@ -135,13 +135,13 @@ def test_upstream_ec2_denial_still_needed(upstream: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def launcher(world: World) -> dict[str, Any]:
-    world.make_role("app-a", [allow("s3:GetObject", "*")], profile=True)
-    world.make_role("app-b", [allow("s3:*", "*")], profile=True)
-    arn = world.make_role("launcher", [
+    world.make_role("mp-app-a", [allow("s3:GetObject", "*")], profile=True)
+    world.make_role("mp-app-b", [allow("s3:*", "*")], profile=True)
+    arn = world.make_role("mp-launcher", [
         allow(["ec2:RunInstances", "ec2:DescribeInstances", "ec2:AssociateIamInstanceProfile"], "*"),
         allow(["cloudformation:CreateStack", "cloudformation:DeleteStack",
                "cloudformation:DescribeStacks", "cloudformation:DescribeStackEvents"], STACK_ARN_APP),
-        allow("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/app-a")])
+        allow("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/mp-app-a")])
     creds = world.role_creds(arn)
     return {"ec2": world.client("ec2", creds), "cfn": world.client("cloudformation", creds)}
 
@@ -149,43 +149,43 @@ def launcher(world: World) -> dict[str, Any]:
 def test_run_instances_checks_pass_role(world: World, launcher: dict[str, Any]) -> None:
     """AWS: RunInstances with a profile needs iam:PassRole on its role; denied = no instance."""
     ec2, image = launcher["ec2"], world.image_id()
-    ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "app-a-profile"})
+    ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "mp-app-a-profile"})
     before = count_instances(world)
     assert outcome(lambda: ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1,
-        IamInstanceProfile={"Arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/app-b-profile"},
+        IamInstanceProfile={"Arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/mp-app-b-profile"},
     )) == PASS_ROLE_DENIED
     assert outcome(lambda: ec2.run_instances(
-        ImageId=image, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "app-b-profile"},
+        ImageId=image, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "mp-app-b-profile"},
     )) == PASS_ROLE_DENIED
     assert count_instances(world) == before
     plain = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     assert outcome(lambda: ec2.associate_iam_instance_profile(
-        IamInstanceProfile={"Name": "app-b-profile"}, InstanceId=plain)) == PASS_ROLE_DENIED
+        IamInstanceProfile={"Name": "mp-app-b-profile"}, InstanceId=plain)) == PASS_ROLE_DENIED
 
 
 def test_stack_instance_checks_pass_role_and_rolls_back(world: World, launcher: dict[str, Any]) -> None:
     """AWS: a stack instance whose role may not be passed is CREATE_FAILED; stack ROLLBACK_COMPLETE."""
     cfn, image = launcher["cfn"], world.image_id()
-    cfn.create_stack(StackName="app-good", TemplateBody=instance_template(image, "app-a-profile"))
-    assert cfn.describe_stacks(StackName="app-good")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
-    assert count_instances(world, **{"tag:aws:cloudformation:stack-name": "app-good"}) == 1
+    cfn.create_stack(StackName="app-mp-good", TemplateBody=instance_template(image, "mp-app-a-profile"))
+    assert cfn.describe_stacks(StackName="app-mp-good")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+    assert count_instances(world, **{"tag:aws:cloudformation:stack-name": "app-mp-good"}) == 1
 
     groups_before = len(world.client("ec2").describe_security_groups()["SecurityGroups"])
-    cfn.create_stack(StackName="app-bad", TemplateBody=instance_template(image, "app-b-profile"))
-    stack = cfn.describe_stacks(StackName="app-bad")["Stacks"][0]
+    cfn.create_stack(StackName="app-mp-bad", TemplateBody=instance_template(image, "mp-app-b-profile"))
+    stack = cfn.describe_stacks(StackName="app-mp-bad")["Stacks"][0]
     assert stack["StackStatus"] == "ROLLBACK_COMPLETE"
     assert not stack.get("Outputs")
-    events = cfn.describe_stack_events(StackName="app-bad")["StackEvents"]
+    events = cfn.describe_stack_events(StackName="app-mp-bad")["StackEvents"]
     failed = [e for e in events if e.get("ResourceStatus") == "CREATE_FAILED"]
     assert failed and failed[0]["LogicalResourceId"] == "Server"
     assert "iam:PassRole" in failed[0]["ResourceStatusReason"]
-    assert "role/app-b" in failed[0]["ResourceStatusReason"]
-    assert count_instances(world, **{"tag:aws:cloudformation:stack-name": "app-bad"}) == 0
+    assert "role/mp-app-b" in failed[0]["ResourceStatusReason"]
+    assert count_instances(world, **{"tag:aws:cloudformation:stack-name": "app-mp-bad"}) == 0
     assert len(world.client("ec2").describe_security_groups()["SecurityGroups"]) == groups_before
-    cfn.delete_stack(StackName="app-bad")  # a rolled-back stack can be deleted, as in AWS
-    assert outcome(lambda: cfn.describe_stacks(StackName="app-bad")) == "400:ValidationError"
-    cfn.delete_stack(StackName="app-good")
+    cfn.delete_stack(StackName="app-mp-bad")  # a rolled-back stack can be deleted, as in AWS
+    assert outcome(lambda: cfn.describe_stacks(StackName="app-mp-bad")) == "400:ValidationError"
+    cfn.delete_stack(StackName="app-mp-good")
 
 
 def test_upstream_passrole_still_needed(upstream: dict[str, str]) -> None:
@@ -203,15 +203,15 @@ def test_upstream_cfn_rollback_still_needed(upstream: dict[str, str]) -> None:
 def test_s3_object_scoped_policy(world: World) -> None:
     """AWS: s3:GetObject on artifacts/app/* reads app/x and cannot write or delete."""
     s3 = world.client("s3")
-    s3.create_bucket(Bucket="artifacts")
-    s3.put_object(Bucket="artifacts", Key="app/x", Body=b"jar")
-    arn = world.make_role("app-reader", [allow("s3:GetObject", "arn:aws:s3:::artifacts/app/*")])
+    s3.create_bucket(Bucket="mp-artifacts")
+    s3.put_object(Bucket="mp-artifacts", Key="app/x", Body=b"jar")
+    arn = world.make_role("mp-app-reader", [allow("s3:GetObject", "arn:aws:s3:::mp-artifacts/app/*")])
     reader = world.client("s3", world.role_creds(arn))
-    assert reader.get_object(Bucket="artifacts", Key="app/x")["Body"].read() == b"jar"
-    assert outcome(lambda: reader.put_object(Bucket="artifacts", Key="app/y", Body=b"x")) \
+    assert reader.get_object(Bucket="mp-artifacts", Key="app/x")["Body"].read() == b"jar"
+    assert outcome(lambda: reader.put_object(Bucket="mp-artifacts", Key="app/y", Body=b"x")) \
         == "403:AccessDenied"
-    assert outcome(lambda: reader.delete_object(Bucket="artifacts", Key="app/x")) == "403:AccessDenied"
-    assert outcome(lambda: reader.get_object(Bucket="artifacts", Key="other/x")) == "403:AccessDenied"
+    assert outcome(lambda: reader.delete_object(Bucket="mp-artifacts", Key="app/x")) == "403:AccessDenied"
+    assert outcome(lambda: reader.get_object(Bucket="mp-artifacts", Key="other/x")) == "403:AccessDenied"
 
 
 # --- trust.py --------------------------------------------------------------------------------
@@ -223,34 +223,34 @@ def _trust(principal: dict[str, Any]) -> dict[str, Any]:
 
 def test_assume_role_follows_trust_policy(world: World) -> None:
     """AWS: service-only trust -> 403 AccessDenied for a user; root/user trust + identity allow -> ok."""
-    dev = world.make_user("dev", [allow("sts:AssumeRole", "*")])
-    nobody = world.make_user("nobody", [allow("s3:ListAllMyBuckets", "*")])
-    svc = world.make_role("svc-only", [])
-    root = world.make_role("root-trusted", [allow("s3:ListAllMyBuckets", "*")],
+    dev = world.make_user("mp-dev", [allow("sts:AssumeRole", "*")])
+    nobody = world.make_user("mp-nobody", [allow("s3:ListAllMyBuckets", "*")])
+    svc = world.make_role("mp-svc-only", [])
+    root = world.make_role("mp-root-trusted", [allow("s3:ListAllMyBuckets", "*")],
                           trust=_trust({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}))
-    named = world.make_role("dev-trusted", [],
-                            trust=_trust({"AWS": [f"arn:aws:iam::{ACCOUNT}:user/dev"],
+    named = world.make_role("mp-dev-trusted", [],
+                            trust=_trust({"AWS": [f"arn:aws:iam::{ACCOUNT}:user/mp-dev"],
                                           "Service": "ec2.amazonaws.com"}))
     sts = world.client("sts", dev)
-    assert outcome(lambda: sts.assume_role(RoleArn=svc, RoleSessionName="dev")) == "403:AccessDenied"
-    creds = sts.assume_role(RoleArn=root, RoleSessionName="dev")["Credentials"]
+    assert outcome(lambda: sts.assume_role(RoleArn=svc, RoleSessionName="mp-dev")) == "403:AccessDenied"
+    creds = sts.assume_role(RoleArn=root, RoleSessionName="mp-dev")["Credentials"]
     me = world.client("sts", creds).get_caller_identity()["Arn"]
-    assert me == f"arn:aws:sts::{ACCOUNT}:assumed-role/root-trusted/dev"
+    assert me == f"arn:aws:sts::{ACCOUNT}:assumed-role/mp-root-trusted/mp-dev"
     world.client("s3", creds).list_buckets()
-    assert outcome(lambda: sts.assume_role(RoleArn=named, RoleSessionName="dev")) == "ok"
+    assert outcome(lambda: sts.assume_role(RoleArn=named, RoleSessionName="mp-dev")) == "ok"
     assert outcome(lambda: world.client("sts", nobody).assume_role(
-        RoleArn=root, RoleSessionName="nobody")) == "403:AccessDenied"
+        RoleArn=root, RoleSessionName="mp-nobody")) == "403:AccessDenied"
 
 
 def test_mint_role_credentials_requires_ec2_trust(world: World) -> None:
     from phoenixci.localcloud.rolecreds import RoleTrustError, mint_role_credentials
 
-    arn = world.make_role("user-only", [], trust=_trust({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}))
+    arn = world.make_role("mp-user-only", [], trust=_trust({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}))
     with pytest.raises(RoleTrustError, match="ec2.amazonaws.com"):
         mint_role_credentials(ACCOUNT, arn, "i-123")
     with pytest.raises(RoleTrustError, match="does not exist"):
         mint_role_credentials(ACCOUNT, f"arn:aws:iam::{ACCOUNT}:role/ghost", "i-123")
-    creds = mint_role_credentials(ACCOUNT, world.make_role("minted", []), "i-123", duration=900)
+    creds = mint_role_credentials(ACCOUNT, world.make_role("mp-minted", []), "i-123", duration=900)
     assert creds["Expiration"].tzinfo is not None and creds["SessionToken"]
 
 

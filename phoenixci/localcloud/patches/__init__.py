@@ -31,6 +31,9 @@ _MODULES = (
     "phoenixci.localcloud.patches.cfn_instance",  # before passrole, which wraps it
     "phoenixci.localcloud.patches.passrole",
     "phoenixci.localcloud.patches.cfn_rollback",
+    "phoenixci.localcloud.patches.cfn_delete",
+    "phoenixci.localcloud.patches.cfn_bucket_policy",
+    "phoenixci.localcloud.patches.eip_semantics",
 )
 
 _lock = threading.Lock()
