@@ -123,10 +123,11 @@ def test_app_role_reads_only_app_objects(phoenix_infra: Infrastructure, iam: Any
     for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
         statements += _doc(iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"])[
             "Statement"]
-    assert statements == [{"Effect": "Allow", "Action": "s3:GetObject",
-                           "Resource": f"{out['ArtifactBucketArn']}/app/*"}] or \
-        [(st["Action"], st["Resource"]) for st in statements] == [
-            (["s3:GetObject"], f"{out['ArtifactBucketArn']}/app/*")]
+    def as_list(value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else value
+
+    assert [(st["Effect"], as_list(st["Action"]), as_list(st["Resource"])) for st in statements] == [
+        ("Allow", ["s3:GetObject"], [f"{out['ArtifactBucketArn']}/app/*"])]
 
 
 def test_instance_profiles_hold_their_roles(phoenix_infra: Infrastructure, iam: Any) -> None:

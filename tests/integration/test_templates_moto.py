@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import socket
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,9 +103,31 @@ class Aws:
                 "ImageId": self.image_id}
 
 
+@contextlib.contextmanager
+def moto_auth_off(endpoint: str) -> Iterator[None]:
+    """Switch moto's (process-wide) IAM enforcement off, and restore it afterwards.
+
+    Other tests in the same process may leave enforcement on (the local cloud turns it on);
+    these tests use dummy credentials and are about the templates, not about IAM.
+    """
+    previous = json.loads(_post(endpoint + "/moto-api/reset-auth", b"inf"))
+    try:
+        yield
+    finally:
+        restore = previous.get("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT", "inf")
+        _post(endpoint + "/moto-api/reset-auth", str(restore).encode())
+
+
+def _post(url: str, body: bytes) -> bytes:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - 127.0.0.1 only
+        return bytes(resp.read())
+
+
 @pytest.fixture
 def aws() -> Iterator[Aws]:
-    with moto_server() as endpoint:
+    with moto_server() as endpoint, moto_auth_off(endpoint):
         aws = Aws(endpoint)
         try:
             yield aws

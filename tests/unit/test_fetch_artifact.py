@@ -220,6 +220,8 @@ def moto_s3() -> Iterator[dict[str, Any]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # Enforcement is process-wide and other tests may have left it on: off for the set-up.
+    original = json.loads(_post(endpoint + "/moto-api/reset-auth", b"inf"))
     suffix = uuid.uuid4().hex[:8]
     bucket, reader, publisher = f"artifacts-{suffix}", f"reader-{suffix}", f"pub-{suffix}"
     admin = boto3.Session(aws_access_key_id="admin", aws_secret_access_key="admin",
@@ -235,7 +237,7 @@ def moto_s3() -> Iterator[dict[str, Any]]:
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": action, "Resource": resource}]}))
         keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
-    previous = json.loads(_post(endpoint + "/moto-api/reset-auth", b"0"))
+    _post(endpoint + "/moto-api/reset-auth", b"0")
     try:
         yield {"endpoint": endpoint, "bucket": bucket,
                "publisher": boto3.client(
@@ -245,8 +247,7 @@ def moto_s3() -> Iterator[dict[str, Any]]:
                "env": {"AWS_ACCESS_KEY_ID": keys[reader]["AccessKeyId"],
                        "AWS_SECRET_ACCESS_KEY": keys[reader]["SecretAccessKey"]}}
     finally:
-        restore = str(previous.get("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT", "inf")).encode()
-        _post(endpoint + "/moto-api/reset-auth", restore)
+        _post(endpoint + "/moto-api/reset-auth", b"inf")
         for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
             s3.delete_object(Bucket=bucket, Key=obj["Key"])
         s3.delete_bucket(Bucket=bucket)
@@ -254,6 +255,8 @@ def moto_s3() -> Iterator[dict[str, Any]]:
             iam.delete_user_policy(UserName=user, PolicyName="p")
             iam.delete_access_key(UserName=user, AccessKeyId=keys[user]["AccessKeyId"])
             iam.delete_user(UserName=user)
+        restore = str(original.get("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT", "inf")).encode()
+        _post(endpoint + "/moto-api/reset-auth", restore)
         server.stop()
 
 

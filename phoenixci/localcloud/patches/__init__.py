@@ -29,6 +29,7 @@ _MODULES = (
     "phoenixci.localcloud.patches.ec2_denial",
     "phoenixci.localcloud.patches.trust",
     "phoenixci.localcloud.patches.cfn_instance",  # before passrole, which wraps it
+    "phoenixci.localcloud.patches.cfn_bucket",
     "phoenixci.localcloud.patches.passrole",
     "phoenixci.localcloud.patches.cfn_rollback",
     "phoenixci.localcloud.patches.cfn_delete",
