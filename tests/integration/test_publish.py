@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.stub import Stubber
-from moto.server import ThreadedMotoServer
 
 from phoenixci.errors import PublishError
+from phoenixci.stacks import empty_bucket
 from phoenixci.pipeline.package import PackageResult
 from phoenixci.pipeline.publish import PublishResult, fetch_and_verify, publish
 from phoenixci.util import free_port
@@ -20,38 +20,27 @@ from phoenixci.util import free_port
 pytestmark = pytest.mark.integration
 
 REV = "0123456789abcdef0123456789abcdef01234567"
-DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-             "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-             "AWS_EC2_METADATA_DISABLED": "true"}
-
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in DUMMY_ENV.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.stop()
+def endpoint(phoenix_backend: Any) -> str:
+    """The session's embedded AWS (IAM enforced); tests use its admin or scoped credentials."""
+    if not phoenix_backend.endpoint_url:
+        pytest.skip("these tests need an endpoint URL (moto:// or localstack://)")
+    return str(phoenix_backend.endpoint_url)
 
 
 @pytest.fixture
-def s3(endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        config=Config(retries={"max_attempts": 1}))
+def s3(phoenix_backend: Any) -> Any:
+    return phoenix_backend.client("s3")
 
 
 @pytest.fixture
-def bucket(s3: Any, request: pytest.FixtureRequest) -> str:
+def bucket(s3: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"phoenixci-test-{abs(hash(request.node.name)) % 10**8}"
     s3.create_bucket(Bucket=name)
-    return name
+    yield name
+    empty_bucket(s3, name)
+    s3.delete_bucket(Bucket=name)
 
 
 def make_artifact(directory: Path, content: bytes, revision: str = REV) -> PackageResult:
@@ -147,7 +136,7 @@ def test_fetch_missing_key_is_a_clear_publish_error(s3: Any, bucket: str, tmp_pa
 def test_unreachable_endpoint_is_a_clear_publish_error(tmp_path: Path,
                                                        endpoint: str) -> None:
     dead = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                        region_name="us-east-1",
+                        region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
                         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     with pytest.raises(PublishError, match="cannot reach the S3 endpoint"):
         publish(dead, "bucket", make_artifact(tmp_path, b"x"))
@@ -164,16 +153,27 @@ def test_no_credentials_is_a_clear_publish_error(tmp_path: Path, endpoint: str,
         publish(client, "bucket", make_artifact(tmp_path, b"x"))
 
 
-def test_access_denied_names_the_key_and_the_permission(tmp_path: Path) -> None:
-    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x",
-                          aws_secret_access_key="x")
-    key = f"app/{REV}/app-{REV}.tar.gz"
-    with Stubber(client) as stub:
-        stub.add_client_error("head_object", "403", http_status_code=403)
-        stub.add_client_error("put_object", "AccessDenied", http_status_code=403)
-        with pytest.raises(PublishError, match=rf"access denied .*s3://ci-bucket/{key}; grant "
+def test_access_denied_names_the_key_and_the_permission(phoenix_backend: Any, bucket: str,
+                                                        tmp_path: Path) -> None:
+    """A caller that may only read gets a real AccessDenied from the enforcing API."""
+    iam = phoenix_backend.client("iam")
+    user = f"reader-{abs(hash(tmp_path)) % 10**8}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    try:
+        reader = phoenix_backend.client("s3", phoenix_backend.session_for(key))
+        target = f"app/{REV}/app-{REV}.tar.gz"
+        with pytest.raises(PublishError, match=rf"access denied .*s3://{bucket}/{target}; grant "
                                                r"the caller s3:PutObject"):
-            publish(client, "ci-bucket", make_artifact(tmp_path, b"x"))
+            publish(reader, bucket, make_artifact(tmp_path, b"x"))
+        assert "Contents" not in phoenix_backend.client("s3").list_objects_v2(Bucket=bucket)
+    finally:
+        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+        iam.delete_user_policy(UserName=user, PolicyName="read")
+        iam.delete_user(UserName=user)
 
 
 class _BlindHead:
