@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 from botocore.exceptions import ClientError
 

@@ -34,10 +34,10 @@ class Backend(abc.ABC):
         self._account_id: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional hook: most backends need no start-up
         """Make the API reachable (start a server, check credentials)."""
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - optional hook
         """Release whatever ``start`` made."""
 
     def __enter__(self) -> Backend:
@@ -119,8 +119,8 @@ class Backend(abc.ABC):
             env["AWS_ENDPOINT_URL"] = self.endpoint_url
         if creds is not None:
             frozen = creds.get_frozen_credentials()
-            env["AWS_ACCESS_KEY_ID"] = frozen.access_key
-            env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+            env["AWS_ACCESS_KEY_ID"] = str(frozen.access_key)
+            env["AWS_SECRET_ACCESS_KEY"] = str(frozen.secret_key)
             if frozen.token:
                 env["AWS_SESSION_TOKEN"] = frozen.token
         return env

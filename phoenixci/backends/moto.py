@@ -27,7 +27,7 @@ class MotoBackend(Backend):
     def endpoint_url(self) -> str:
         if self._api is None:
             raise ConfigError("the moto:// backend is not started: use it as a context manager")
-        return self._api.endpoint_url  # type: ignore[attr-defined, no-any-return]
+        return self._api.endpoint_url  # type: ignore[attr-defined]
 
     def start(self) -> None:
         from phoenixci.localcloud.api import ApiServer

@@ -128,7 +128,7 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
     previous, public_ip = eip_holder(ec2, env.eip_allocation_id)
 
     existing = stacks.describe(cfn, name)
-    if existing is not None and existing.status == "CREATE_COMPLETE" and \
+    if existing is not None and existing.status == "CREATE_COMPLETE" and previous is not None and \
             previous == existing.outputs.get("InstanceId"):
         log.info("%s already serves %s", name, revision)
         return DeployResult(revision, name, previous, _instance_address(ec2, previous), public_ip,

@@ -90,7 +90,7 @@ def model_class() -> type:
             return False
 
         @classmethod
-        def create_from_cloudformation_json(  # type: ignore[override]
+        def create_from_cloudformation_json(
                 cls, resource_name: str, cloudformation_json: Any, account_id: str,
                 region_name: str, **kwargs: Any) -> BucketPolicy:
             properties = cloudformation_json.get("Properties") or {}
@@ -99,7 +99,7 @@ def model_class() -> type:
             return cls(bucket_name, account_id, region_name)
 
         @classmethod
-        def update_from_cloudformation_json(  # type: ignore[override]
+        def update_from_cloudformation_json(
                 cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any,
                 account_id: str, region_name: str) -> BucketPolicy:
             properties = cloudformation_json.get("Properties") or {}
@@ -109,7 +109,7 @@ def model_class() -> type:
                 new_resource_name, cloudformation_json, account_id, region_name)
 
         @classmethod
-        def delete_from_cloudformation_json(  # type: ignore[override]
+        def delete_from_cloudformation_json(
                 cls, resource_name: str, cloudformation_json: Any, account_id: str,
                 region_name: str) -> None:
             cls(resource_name, account_id, region_name).delete(account_id, region_name)

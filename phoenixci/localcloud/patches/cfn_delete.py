@@ -411,5 +411,5 @@ def install() -> None:
     CloudFormationBackend.delete_stack = mark(_backend_delete_stack(CloudFormationBackend.delete_stack))
     SubnetRouteTableAssociation.create_from_cloudformation_json = _association_create(
         SubnetRouteTableAssociation.__dict__["create_from_cloudformation_json"])
-    SubnetRouteTableAssociation.physical_resource_id = property(_association_physical_id)
+    SubnetRouteTableAssociation.physical_resource_id = property(_association_physical_id)  # type: ignore[assignment]
     log.debug("CloudFormation ordered stack deletion installed")

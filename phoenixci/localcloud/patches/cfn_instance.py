@@ -69,14 +69,22 @@ def _launch_template_arg(props: dict[str, Any]) -> dict[str, str] | None:
     return arg
 
 
+def _group_name(backend: Any, group: str) -> str:
+    """``SecurityGroups`` may hold names or ids (moto's own code assumed ids)."""
+    if group.startswith("sg-"):
+        found = backend.get_security_group_from_id(group)
+        if found is not None:
+            return str(found.name)
+    return group
+
+
 def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: Any,
                                     account_id: str, region_name: str, **kwargs: Any) -> Any:
     from moto.ec2.models import ec2_backends
 
     props = cloudformation_json["Properties"]
     backend = ec2_backends[account_id][region_name]
-    group_names = [backend.get_security_group_from_id(g).name if g.startswith("sg-") else g
-                   for g in props.get("SecurityGroups", [])]
+    group_names = [_group_name(backend, g) for g in props.get("SecurityGroups", [])]
     group_ids = list(props.get("SecurityGroupIds", []))
     subnet_id = props.get("SubnetId")
     private_ip = props.get("PrivateIpAddress")

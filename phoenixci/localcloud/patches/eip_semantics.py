@@ -52,7 +52,7 @@ def _all_addresses() -> Iterator[Any]:
     from moto.ec2.models import ec2_backends
 
     for _account, _region, backend in list(ec2_backends.iter_backends()):
-        yield from list(backend.addresses)
+        yield from list(backend.addresses)  # type: ignore[attr-defined]
 
 
 def unique_address(taken: set[str] | None = None) -> str:
