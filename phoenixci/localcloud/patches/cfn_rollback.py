@@ -6,13 +6,18 @@ CREATE_FAILED with a reason, resources already made are deleted and the stack en
 ROLLBACK_COMPLETE with no outputs or exports. moto 5.2.5 lets the exception escape
 ``create_stack``: HTTP 500 and a stack stuck in CREATE_IN_PROGRESS.
 
-Only failures raised as :class:`ResourceCreateFailed` (by our own checks) roll back;
-moto's own template errors keep their API error responses.
+Failures raised as :class:`ResourceCreateFailed` (by our own checks) roll back, and so
+does any error a resource's creation raises while CreateStack runs (a subnet that does
+not exist, a bad property): AWS reports those as CREATE_FAILED on the resource, not as an
+error of the CreateStack call. Template errors found before any resource is created keep
+their API error responses.
 
-moto 5.2.5 hook: ``moto.cloudformation.models.CloudFormationBackend.create_stack``.
+moto 5.2.5 hooks: ``moto.cloudformation.models.CloudFormationBackend.create_stack`` and
+``moto.cloudformation.parsing.parse_and_create_resource``.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from typing import Any
@@ -20,6 +25,9 @@ from typing import Any
 from phoenixci.errors import PhoenixError
 
 log = logging.getLogger(__name__)
+
+#: True while a CreateStack call runs in this context (thread).
+_creating: contextvars.ContextVar[bool] = contextvars.ContextVar("phoenixci_cfn_creating", default=False)
 
 
 class ResourceCreateFailed(PhoenixError):
@@ -74,7 +82,10 @@ def check() -> None:
 
     from phoenixci.localcloud.patches import require
 
+    from moto.cloudformation import parsing
+
     require(CloudFormationBackend, "create_stack")
+    require(parsing, "parse_and_create_resource")
     require(ResourceMap, "delete")
     require(Stack, "_add_stack_event")
     require(Event, "__init__")
@@ -93,6 +104,7 @@ def install() -> None:
 
     @functools.wraps(original)
     def create_stack(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        token = _creating.set(True)
         try:
             return original(self, name, *args, **kwargs)
         except ResourceCreateFailed as failure:
@@ -103,6 +115,41 @@ def install() -> None:
                 raise ValidationError(name, message=failure.reason) from failure
             roll_back(self, stack, failure)
             return stack
+        finally:
+            _creating.reset(token)
 
     replace(CloudFormationBackend, "create_stack", mark(create_stack))
+    _install_resource_failures()
     log.debug("CloudFormation rollback on resource failure installed")
+
+
+def _reason(error: Exception) -> str:
+    code = getattr(error, "error_type", None) or getattr(error, "code", None) or type(error).__name__
+    message = getattr(error, "message", None) or str(error)
+    return f"{code}: {message}" if code and not str(code).isdigit() else str(message)
+
+
+def _install_resource_failures() -> None:
+    """A resource whose creation raises during CreateStack becomes ResourceCreateFailed."""
+    from moto.cloudformation import parsing
+
+    from phoenixci.localcloud.patches._caller import is_patched, mark
+
+    original = parsing.parse_and_create_resource
+    if is_patched(original):
+        return
+
+    @functools.wraps(original)
+    def parse_and_create_resource(logical_id: str, resource_json: dict[str, Any], *args: Any,
+                                  **kwargs: Any) -> Any:
+        try:
+            return original(logical_id, resource_json, *args, **kwargs)
+        except ResourceCreateFailed:
+            raise
+        except Exception as error:
+            if not _creating.get():
+                raise
+            raise ResourceCreateFailed(_reason(error), logical_id=logical_id,
+                                       resource_type=str(resource_json.get("Type", ""))) from error
+
+    parsing.parse_and_create_resource = mark(parse_and_create_resource)
