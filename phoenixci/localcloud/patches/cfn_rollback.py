@@ -77,12 +77,11 @@ def roll_back(backend: Any, stack: Any, failure: ResourceCreateFailed) -> None:
 
 
 def check() -> None:
+    from moto.cloudformation import parsing
     from moto.cloudformation.models import CloudFormationBackend, Event, Stack
     from moto.cloudformation.parsing import OutputMap, ResourceMap
 
     from phoenixci.localcloud.patches import require
-
-    from moto.cloudformation import parsing
 
     require(CloudFormationBackend, "create_stack")
     require(parsing, "parse_and_create_resource")
@@ -135,7 +134,7 @@ def _install_resource_failures() -> None:
 
     from phoenixci.localcloud.patches._caller import is_patched, mark
 
-    original = parsing.parse_and_create_resource
+    original: Any = parsing.parse_and_create_resource
     if is_patched(original):
         return
 
