@@ -1,8 +1,13 @@
-"""A moto server with IAM enforcement on, and helpers to act as roles and users.
+"""An AWS API with IAM enforcement on, and helpers to act as roles and users.
 
-Used in-process by test_moto_patches.py (patched) and, run as a script, in a
-subprocess WITHOUT the patches to probe whether upstream moto still gets each case
-wrong (``python tests/integration/moto_world.py`` prints a JSON dict of outcomes).
+In-process (test_moto_patches.py) a World wraps the session's embedded AWS
+(``World.on_backend(phoenix_backend)``: patched, enforcing, administrator's credentials)
+and never stops it. Run as a script, in a subprocess WITHOUT the patches, it starts its
+own plain moto server there to probe whether upstream moto still gets each case wrong
+(``python tests/integration/moto_world.py`` prints a JSON dict of outcomes).
+
+``Cleanup`` and the ``remove_*`` helpers undo what a test made, on any object with a
+``client(service)`` method.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +59,86 @@ def outcome(call: Any) -> str:
     return "ok"
 
 
+class Cleanup:
+    """Undo steps registered by a test, run last-first after it, whether it passed or not."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def add(self, step: Callable[..., Any], *args: Any) -> None:
+        self._steps.append((step, args))
+
+    def run(self) -> None:
+        errors = []
+        while self._steps:
+            step, args = self._steps.pop()
+            try:
+                step(*args)
+            except Exception as err:  # noqa: BLE001 - every step runs; failures reported below
+                errors.append(f"{getattr(step, '__name__', step)}{args}: {err}")
+        assert not errors, "cleanup failed: " + "; ".join(errors)
+
+
+def remove_bucket(aws: Any, bucket: str) -> None:
+    """Empty (every version) and delete the bucket, unless it is gone already."""
+    s3 = aws.client("s3")
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        return
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+    s3.delete_bucket(Bucket=bucket)
+
+
+def remove_stack(aws: Any, name: str) -> None:
+    """Delete the stack (emptying its buckets first) unless it is gone already."""
+    cfn = aws.client("cloudformation")
+    try:
+        stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    except ClientError as err:
+        if "does not exist" in str(err):
+            return
+        raise
+    if stack["StackStatus"] == "DELETE_COMPLETE":
+        return
+    for res in cfn.describe_stack_resources(StackName=stack["StackId"])["StackResources"]:
+        if res["ResourceType"] == "AWS::S3::Bucket" and res.get("PhysicalResourceId"):
+            remove_bucket(aws, res["PhysicalResourceId"])
+    cfn.delete_stack(StackName=stack["StackId"])
+    final = cfn.describe_stacks(StackName=stack["StackId"])["Stacks"][0]
+    assert final["StackStatus"] == "DELETE_COMPLETE", final
+
+
+def terminate(aws: Any, instance_ids: list[str]) -> None:
+    aws.client("ec2").terminate_instances(InstanceIds=instance_ids)
+
+
+def release(aws: Any, allocation_ids: list[str]) -> None:
+    """Release the addresses (disassociating them first) that are still allocated."""
+    ec2 = aws.client("ec2")
+    for a in ec2.describe_addresses()["Addresses"]:
+        if a.get("AllocationId") in allocation_ids:
+            if a.get("AssociationId"):
+                ec2.disassociate_address(AssociationId=a["AssociationId"])
+            ec2.release_address(AllocationId=a["AllocationId"])
+
+
 @dataclass
 class World:
-    server: Any
     endpoint: str
     admin: dict[str, str]
-    previous_auth: str = "inf"
-    _clients: dict[tuple[str, str], Any] = field(default_factory=dict)
+    account: str = ACCOUNT
+    #: a server this World started itself (only the subprocess probe does); None on the shared one
+    server: Any = None
+    #: IAM users and roles made through this World, oldest first: ("user" | "role", name)
+    made: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def on_backend(cls, backend: Any) -> World:
+        """The session's embedded AWS (``phoenix_backend``), acting as its administrator."""
+        creds = backend.session.get_credentials().get_frozen_credentials()
+        return cls(endpoint=str(backend.endpoint_url), account=backend.account_id,
+                   admin={"AccessKeyId": creds.access_key, "SecretAccessKey": creds.secret_key})
 
     def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
         creds = creds or self.admin
@@ -73,6 +152,7 @@ class World:
         iam = self.client("iam")
         arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust or EC2_TRUST)
                               )["Role"]["Arn"]
+        self.made.append(("role", name))
         if statements:
             iam.put_role_policy(RoleName=name, PolicyName="p", PolicyDocument=policy(*statements))
         if profile:
@@ -83,6 +163,7 @@ class World:
     def make_user(self, name: str, statements: list[dict[str, Any]]) -> dict[str, str]:
         iam = self.client("iam")
         iam.create_user(UserName=name)
+        self.made.append(("user", name))
         iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=policy(*statements))
         key = iam.create_access_key(UserName=name)["AccessKey"]
         return {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
@@ -91,48 +172,70 @@ class World:
         """Credentials of the role, minted in-process as the IMDS hands them to an instance."""
         from phoenixci.localcloud.rolecreds import mint_role_credentials
 
-        return mint_role_credentials(ACCOUNT, role_arn, session, region=REGION)
+        return mint_role_credentials(self.account, role_arn, session, region=REGION)
 
     def image_id(self) -> str:
         return str(self.client("ec2").describe_images()["Images"][0]["ImageId"])
 
+    def forget(self, keep: int = 0) -> None:
+        """Delete the users and roles made after the first ``keep`` (newest first)."""
+        iam = self.client("iam")
+        while len(self.made) > keep:
+            kind, name = self.made.pop()
+            if kind == "user":
+                for key in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]:
+                    iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
+                for pol in iam.list_user_policies(UserName=name)["PolicyNames"]:
+                    iam.delete_user_policy(UserName=name, PolicyName=pol)
+                iam.delete_user(UserName=name)
+                continue
+            for prof in iam.list_instance_profiles_for_role(RoleName=name)["InstanceProfiles"]:
+                iam.remove_role_from_instance_profile(
+                    InstanceProfileName=prof["InstanceProfileName"], RoleName=name)
+                iam.delete_instance_profile(InstanceProfileName=prof["InstanceProfileName"])
+            for pol in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+                iam.delete_role_policy(RoleName=name, PolicyName=pol)
+            iam.delete_role(RoleName=name)
+
     def stop(self) -> None:
-        """Stop the server and restore the process-wide enforcement setting.
+        """Delete every user and role this World made; stop the server only if it started one.
 
-        moto's state is process-global (shared with any other server in this process),
-        so it is not wiped here; every name this module creates is prefixed ``mp-``.
+        On the shared session server (``on_backend``) the server keeps running for the
+        other tests; only the probe subprocess's own server is stopped.
         """
-        try:
-            _reset_auth(self.endpoint, self.previous_auth)
-        finally:
-            self.server.stop()
-            inner = getattr(self.server, "_server", None)
-            if inner is not None:
-                inner.server_close()  # ThreadedMotoServer.stop leaves the socket open
+        if self.server is None:
+            self.forget()
+            return
+        self.server.stop()
+        inner = getattr(self.server, "_server", None)
+        if inner is not None:
+            inner.server_close()  # ThreadedMotoServer.stop leaves the socket open
 
+
+# --- the upstream probe: runs only as a script, in its own subprocess, with moto NOT patched ---
 
 def _reset_auth(endpoint: str, value: str) -> str:
-    """Set moto's INITIAL_NO_AUTH_ACTION_COUNT; return the previous value."""
+    """Set moto's INITIAL_NO_AUTH_ACTION_COUNT (probe subprocess only); return the previous value."""
     response = requests.post(f"{endpoint}/moto-api/reset-auth", data=value.encode(),
                              headers={"Content-Type": "text/plain"}, timeout=10)
     response.raise_for_status()
     return str(response.json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
 
 
-def start_world() -> World:
-    """Start moto on 127.0.0.1, bootstrap an admin user, then switch IAM enforcement on."""
+def _start_upstream_world() -> World:
+    """Probe subprocess only: start plain moto on 127.0.0.1, bootstrap an admin, enforce IAM."""
+    assert "phoenixci.localcloud.patches" not in sys.modules, "the probe must run unpatched moto"
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    boot = {"AccessKeyId": "bootstrap", "SecretAccessKey": "bootstrap"}
-    world = World(server=server, endpoint=endpoint, admin=boot)
+    world = World(server=server, endpoint=endpoint,
+                  admin={"AccessKeyId": "bootstrap", "SecretAccessKey": "bootstrap"})
     try:
-        # bootstrap phase: unauthenticated calls (even if another server enforces already)
-        world.previous_auth = _reset_auth(endpoint, "inf")
-        world.admin = world.make_user(f"mp-admin-{time.time_ns()}", [allow("*", "*")])
+        _reset_auth(endpoint, "inf")  # bootstrap phase: unauthenticated calls
+        world.admin = world.make_user(f"probe-admin-{time.time_ns()}", [allow("*", "*")])
         _reset_auth(endpoint, "0")
     except BaseException:
         world.stop()
@@ -162,7 +265,7 @@ def instance_template(image_id: str, profile: str | None, subnet: str | None = N
 
 def probe() -> dict[str, str]:
     """Run each scenario a patch fixes, against THIS process's (unpatched) moto."""
-    world = start_world()
+    world = _start_upstream_world()
     try:
         results: dict[str, str] = {}
         cfn_role = world.role_creds(world.make_role("probe-cfn", [

@@ -1,17 +1,18 @@
 """Stack deletion, AWS::S3::BucketPolicy and Elastic IP semantics of the patched moto.
 
 Each test states the AWS behaviour a patch in ``phoenixci/localcloud/patches`` restores,
-against a ThreadedMotoServer on loopback (admin access, no IAM enforcement). The
-``test_upstream_*`` tests run the same scenarios in a subprocess WITHOUT the patches
-(``python tests/integration/test_moto_cfn_patches.py cfn|eip`` prints a JSON dict of
-outcomes) and fail once upstream moto behaves, so the patch can be removed.
+against the session's embedded AWS (``phoenix_backend``: patched, IAM enforced) with the
+administrator's credentials. Names carry this module's prefix (``cfnp-``) and every test
+removes what it made. The ``test_upstream_*`` tests run the same scenarios in a subprocess
+WITHOUT the patches (``python tests/integration/test_moto_cfn_patches.py cfn|eip`` prints a
+JSON dict of outcomes) and fail once upstream moto behaves, so the patch (or, for moto gaps
+the templates avoid, the workaround in the template) can go.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,6 +25,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from phoenixci import leaks
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +34,7 @@ TEMPLATE = ROOT / "infra" / "infrastructure.yaml"
 REGION = "us-east-1"
 RUN_TAG = "phoenixci:run-id"
 NO_RETRY = Config(retries={"max_attempts": 1, "mode": "standard"})
-ACCOUNT = "123456789012"
-ADMIN_POLICY = {"Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+PREFIX = "cfnp-"
 
 BUCKET_ONLY = """
 Resources:
@@ -44,14 +45,15 @@ Outputs:
     Value: !Ref Bucket
 """
 
+# A role with an inline policy, as AWS::IAM::Role Policies (the templates use AWS::IAM::Policy).
+ROLE_WITH_INLINE_POLICY = json.dumps({"Resources": {"Role": {"Type": "AWS::IAM::Role", "Properties": {
+    "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+    "Policies": [{"PolicyName": "inline", "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/app/*"}]}}]}}}})
+
 
 # --------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def public_key() -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -126,56 +128,102 @@ def address(aws: Clients, allocation_id: str) -> dict[str, Any]:
     return dict(aws.ec2.describe_addresses(AllocationIds=[allocation_id])["Addresses"][0])
 
 
+class Cleanup:
+    """Undo steps registered by a test, run last-first after it, whether it passed or not."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def add(self, step: Any, *args: Any) -> None:
+        self._steps.append((step, args))
+
+    def run(self) -> None:
+        errors = []
+        while self._steps:
+            step, args = self._steps.pop()
+            try:
+                step(*args)
+            except Exception as err:  # noqa: BLE001 - every step runs; failures reported below
+                errors.append(f"{step.__name__}{args}: {err}")
+        assert not errors, "cleanup failed: " + "; ".join(errors)
+
+
+def remove_stack(aws: Clients, name: str) -> None:
+    """Delete the stack (emptying its buckets first) unless it is gone already."""
+    try:
+        stack = aws.cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    except ClientError as err:
+        if "does not exist" in str(err):
+            return
+        raise
+    if stack["StackStatus"] == "DELETE_COMPLETE":
+        return
+    for res in aws.cloudformation.describe_stack_resources(StackName=name)["StackResources"]:
+        if res["ResourceType"] == "AWS::S3::Bucket" and res.get("PhysicalResourceId"):
+            remove_bucket(aws, res["PhysicalResourceId"])
+    aws.cloudformation.delete_stack(StackName=stack["StackId"])
+    final = aws.cloudformation.describe_stacks(StackName=stack["StackId"])["Stacks"][0]
+    assert final["StackStatus"] == "DELETE_COMPLETE", final
+
+
+def remove_bucket(aws: Clients, bucket: str) -> None:
+    if bucket not in {b["Name"] for b in aws.s3.list_buckets()["Buckets"]}:
+        return
+    empty_bucket(aws, bucket)
+    for obj in aws.s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        aws.s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    aws.s3.delete_bucket(Bucket=bucket)
+
+
+def terminate(aws: Clients, instance_ids: list[str]) -> None:
+    aws.ec2.terminate_instances(InstanceIds=instance_ids)
+
+
+def release(aws: Clients, allocation_ids: list[str]) -> None:
+    for a in aws.ec2.describe_addresses()["Addresses"]:
+        if a.get("AllocationId") in allocation_ids:
+            if a.get("AssociationId"):
+                aws.ec2.disassociate_address(AssociationId=a["AssociationId"])
+            aws.ec2.release_address(AllocationId=a["AllocationId"])
+
+
+def delete_key_pair(aws: Clients, name: str) -> None:
+    aws.ec2.delete_key_pair(KeyName=name)
+
+
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    from phoenixci.localcloud import patches
-
-    patches.apply()
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        inner = getattr(server, "_server", None)
-        if inner is not None:
-            inner.server_close()
-
-
-@pytest.fixture(scope="module")
-def admin(endpoint: str) -> Iterator[dict[str, str]]:
-    """An administrator made in-process: valid whether or not another test switched IAM
-    enforcement on (moto's state is per process; no reset, other modules' stacks live on)."""
-    from moto.iam.models import iam_backends
-
-    iam = iam_backends[ACCOUNT]["aws"]
-    name = f"cfn-patches-admin-{uuid.uuid4().hex[:8]}"
-    iam.create_user(region_name=REGION, user_name=name)
-    iam.put_user_policy(name, "administrator", json.dumps(ADMIN_POLICY))
-    key = iam.create_access_key(name)
-    yield {"aws_access_key_id": key.access_key_id, "aws_secret_access_key": key.secret_access_key}
-    iam.delete_access_key(key.access_key_id, name)
-    iam.delete_user_policy(name, "administrator")
-    iam.delete_user(name)
+def admin(phoenix_backend: Any) -> dict[str, str]:
+    """The session's administrator (allowed everything under enforcement)."""
+    creds = phoenix_backend.session.get_credentials().get_frozen_credentials()
+    return {"aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key}
 
 
 @pytest.fixture()
-def aws(endpoint: str, admin: dict[str, str]) -> Clients:
-    return Clients(endpoint, admin)
+def aws(phoenix_backend: Any, admin: dict[str, str]) -> Clients:
+    return Clients(str(phoenix_backend.endpoint_url), admin)
+
+
+@pytest.fixture()
+def cleanup() -> Iterator[Cleanup]:
+    undo = Cleanup()
+    try:
+        yield undo
+    finally:
+        undo.run()
 
 
 @pytest.fixture()
 def run_id() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+    return f"{PREFIX}{uuid.uuid4().hex[:10]}"
 
 
 # --------------------------------------------------------------------------- stack deletion
-def test_infrastructure_stack_deletes_every_resource(aws: Clients, run_id: str) -> None:
+def test_infrastructure_stack_deletes_every_resource(phoenix_backend: Any, aws: Clients, run_id: str,
+                                                     cleanup: Cleanup) -> None:
     """AWS: DeleteStack removes every resource it created, in dependency order."""
+    cleanup.add(delete_key_pair, aws, f"phoenixci-{run_id}")
+    cleanup.add(remove_stack, aws, f"phoenixci-{run_id}")
     stack = create_infra_stack(aws, run_id)
     assert stack["StackStatus"] == "CREATE_COMPLETE"
     out = outputs(stack)
@@ -242,11 +290,14 @@ def test_infrastructure_stack_deletes_every_resource(aws: Clients, run_id: str) 
                                        "CiServerInstanceProfile")} & profiles
     assert out["ArtifactBucket"] not in {b["Name"] for b in aws.s3.list_buckets()["Buckets"]}
     aws.ec2.delete_key_pair(KeyName=f"phoenixci-{run_id}")
+    assert leaks.leftovers(phoenix_backend, run_id) == []
 
 
-def test_failed_resource_deletion_ends_delete_failed_and_can_be_retried(aws: Clients, run_id: str) -> None:
+def test_failed_resource_deletion_ends_delete_failed_and_can_be_retried(aws: Clients, run_id: str,
+                                                                       cleanup: Cleanup) -> None:
     """AWS: a resource that cannot be deleted -> DELETE_FAILED naming it; the stack stays."""
     name = f"bucket-{run_id}"
+    cleanup.add(remove_stack, aws, name)
     stack_id = aws.cloudformation.create_stack(StackName=name, TemplateBody=BUCKET_ONLY)["StackId"]
     bucket = outputs(aws.cloudformation.describe_stacks(StackName=name)["Stacks"][0])["BucketName"]
     aws.s3.put_object(Bucket=bucket, Key="left-behind", Body=b"x")
@@ -275,11 +326,12 @@ def tls_only_policy(bucket: str) -> str:
         "Resource": [arn, f"{arn}/*"], "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})
 
 
-def test_bucket_policy_conditions_are_evaluated(aws: Clients, run_id: str) -> None:
+def test_bucket_policy_conditions_are_evaluated(aws: Clients, run_id: str, cleanup: Cleanup) -> None:
     """AWS: a conditional Deny applies only when its condition holds; a plain Deny denies."""
     from phoenixci.localcloud.patches.cfn_bucket_policy import bucket_permission
 
     bucket = f"policy-{run_id}"
+    cleanup.add(remove_bucket, aws, bucket)
     aws.s3.create_bucket(Bucket=bucket)
     policy = json.loads(tls_only_policy(bucket))
     policy["Statement"].append({"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
@@ -297,10 +349,12 @@ def test_bucket_policy_conditions_are_evaluated(aws: Clients, run_id: str) -> No
 
 
 # --------------------------------------------------------------------------- Elastic IPs
-def test_terminating_an_instance_disassociates_its_address(aws: Clients) -> None:
+def test_terminating_an_instance_disassociates_its_address(aws: Clients, cleanup: Cleanup) -> None:
     """AWS: TerminateInstances disassociates the instance's Elastic IP (still allocated)."""
     [iid] = run_instances(aws, 1)
+    cleanup.add(terminate, aws, [iid])
     alloc = aws.ec2.allocate_address(Domain="vpc")["AllocationId"]
+    cleanup.add(release, aws, [alloc])
     aws.ec2.associate_address(InstanceId=iid, AllocationId=alloc)
     assert address(aws, alloc).get("InstanceId") == iid
     aws.ec2.terminate_instances(InstanceIds=[iid])
@@ -309,10 +363,12 @@ def test_terminating_an_instance_disassociates_its_address(aws: Clients) -> None
     aws.ec2.release_address(AllocationId=alloc)
 
 
-def test_associating_an_associated_address_moves_it(aws: Clients) -> None:
+def test_associating_an_associated_address_moves_it(aws: Clients, cleanup: Cleanup) -> None:
     """AWS (VPC): reassociation is the default; the old instance loses the public IP."""
     old, new = run_instances(aws, 2)
+    cleanup.add(terminate, aws, [old, new])
     eip = aws.ec2.allocate_address(Domain="vpc")
+    cleanup.add(release, aws, [eip["AllocationId"]])
     aws.ec2.associate_address(InstanceId=old, AllocationId=eip["AllocationId"])
     assert instance(aws, old).get("PublicIpAddress") == eip["PublicIp"]
 
@@ -329,11 +385,14 @@ def test_associating_an_associated_address_moves_it(aws: Clients) -> None:
     aws.ec2.release_address(AllocationId=eip["AllocationId"])
 
 
-def test_allocated_addresses_are_unique_loopback_addresses(aws: Clients) -> None:
+def test_allocated_addresses_are_unique_loopback_addresses(aws: Clients, cleanup: Cleanup) -> None:
     """AWS: no two allocated Elastic IPs share an address (ours: 127/8 minus 127.0.0.0/24)."""
     from moto.moto_api._internal import mock_random
 
-    allocations = [aws.ec2.allocate_address(Domain="vpc") for _ in range(200)]
+    allocations: list[dict[str, Any]] = []
+    cleanup.add(lambda: release(aws, [a["AllocationId"] for a in allocations]))
+    allocations += [aws.ec2.allocate_address(Domain="vpc") for _ in range(200)]
+    cleanup.add(mock_random.seed)  # back to an unpredictable sequence for everyone after us
     for _ in range(2):  # moto's own generator repeats itself once seeded alike
         mock_random.seed(7)
         allocations.append(aws.ec2.allocate_address(Domain="vpc"))
@@ -383,6 +442,21 @@ def test_upstream_moto_still_ignores_bool_conditions(upstream_cfn: dict[str, Any
         "from patches/cfn_bucket_policy.py"
 
 
+@pytest.mark.parametrize("fact", ["instance_security_group_ids_ignored",
+                                  "instance_launch_template_metadata_ignored"])
+def test_upstream_moto_still_needs_cfn_instance(upstream_cfn: dict[str, Any], fact: str) -> None:
+    assert upstream_cfn[fact], \
+        f"upstream moto fixed CloudFormation instance {fact!r}: remove patches/cfn_instance.py " \
+        "(that part of it)"
+
+
+def test_upstream_moto_still_stores_role_inline_policies_as_repr(upstream_cfn: dict[str, Any]) -> None:
+    assert upstream_cfn["role_inline_policy_not_json"], \
+        "upstream moto fixed AWS::IAM::Role inline Policies (Role.create_from_cloudformation_json " \
+        "stored the document as a Python dict repr, which moto's IAM auth cannot parse): the " \
+        "templates may use Role Policies instead of separate AWS::IAM::Policy resources"
+
+
 @pytest.mark.parametrize("fact", ["terminate_keeps_association", "move_refused_by_default",
                                   "old_instance_keeps_ip", "seeded_duplicate"])
 def test_upstream_moto_still_needs_eip_semantics(upstream_eip: dict[str, Any], fact: str) -> None:
@@ -395,6 +469,9 @@ def _probe_cfn(aws: Clients) -> dict[str, Any]:
     run_id = "probe"
     stack = create_infra_stack(aws, run_id)
     out = outputs(stack)
+    ci_server = instance(aws, out["CiServerInstanceId"])
+    groups_ignored = [g["GroupId"] for g in ci_server.get("SecurityGroups", [])] != [out["CiSecurityGroupId"]]
+    metadata_ignored = ci_server.get("MetadataOptions", {}).get("HttpTokens") != "required"
     bucket_policy = error_code(lambda: aws.s3.get_bucket_policy(Bucket=out["ArtifactBucket"])) is None
     delete_error = error_code(lambda: aws.cloudformation.delete_stack(StackName=stack["StackId"]))
     vpc_id = out["VpcId"]
@@ -413,8 +490,16 @@ def _probe_cfn(aws: Clients) -> dict[str, Any]:
     aws.s3.create_bucket(Bucket="tls-only")
     aws.s3.put_bucket_policy(Bucket="tls-only", Policy=tls_only_policy("tls-only"))
     denied = error_code(lambda: aws.s3.put_object(Bucket="tls-only", Key="k", Body=b"x")) is not None
+    aws.cloudformation.create_stack(StackName="inline-policy", TemplateBody=ROLE_WITH_INLINE_POLICY,
+                                    Capabilities=["CAPABILITY_IAM"])
+    [role] = aws.cloudformation.describe_stack_resources(StackName="inline-policy")["StackResources"]
+    document = aws.iam.get_role_policy(RoleName=role["PhysicalResourceId"], PolicyName="inline")[
+        "PolicyDocument"]
     return {"bucket_policy": bucket_policy, "delete_error": delete_error, "leftovers": leftovers,
-            "nonempty_bucket_status": status, "tls_policy_denies_all": denied}
+            "nonempty_bucket_status": status, "tls_policy_denies_all": denied,
+            "instance_security_group_ids_ignored": groups_ignored,
+            "instance_launch_template_metadata_ignored": metadata_ignored,
+            "role_inline_policy_not_json": not isinstance(document, dict)}
 
 
 def _probe_eip(aws: Clients) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Each patch has a test stating the AWS behaviour it restores, and an "upstream" test
 that runs the same scenario against UNPATCHED moto in a subprocess: when one of
 those fails, upstream moto fixed the problem and the named patch can go.
+
+The in-process tests run on the session's embedded AWS (``phoenix_backend``: patched, IAM
+enforced), set up by its administrator. Names start with ``mp-`` (stacks ``app-mp-``, as the
+scoped policies require ``app-*``); what a test makes is removed after it, the module's
+shared users and roles after the module.
 """
 from __future__ import annotations
 
@@ -21,15 +26,17 @@ from moto_world import (  # noqa: E402
     ACCOUNT,
     REGION,
     STACK_ARN_APP,
+    Cleanup,
     World,
     allow,
     bucket_template,
     instance_template,
     outcome,
-    start_world,
+    release,
+    remove_bucket,
+    remove_stack,
+    terminate,
 )
-
-from phoenixci.localcloud import patches  # noqa: E402
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +44,26 @@ PASS_ROLE_DENIED = "403:UnauthorizedOperation"
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    patches.apply()
-    world = start_world()
+def world(phoenix_backend: Any) -> Iterator[World]:
+    world = World.on_backend(phoenix_backend)
+    assert world.account == ACCOUNT, "the policies below name moto's default account"
     try:
         yield world
     finally:
-        world.stop()
+        world.stop()  # deletes the module's users and roles; the shared server keeps running
+
+
+@pytest.fixture(autouse=True)
+def undo(world: World) -> Iterator[Cleanup]:
+    """Removes what the test made: registered resources, then the users and roles it created
+    (module-scoped fixtures' ones stay for the module)."""
+    keep = len(world.made)
+    steps = Cleanup()
+    try:
+        yield steps
+        steps.run()
+    finally:
+        world.forget(keep)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +94,9 @@ def cfn_role(world: World) -> Any:
     return world.client("cloudformation", world.role_creds(arn))
 
 
-def test_stack_scoped_policy_allows_matching_stack(world: World, cfn_role: Any) -> None:
+def test_stack_scoped_policy_allows_matching_stack(world: World, cfn_role: Any, undo: Cleanup) -> None:
     """AWS: Allow cloudformation:* on stack/app-*/* covers stack app-x (create, describe, delete)."""
+    undo.add(remove_stack, world, "app-mp-x")
     cfn_role.create_stack(StackName="app-mp-x", TemplateBody=bucket_template("mp-app-x-bucket"))
     assert cfn_role.describe_stacks(StackName="app-mp-x")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
     cfn_role.delete_stack(StackName="app-mp-x")
@@ -83,8 +104,10 @@ def test_stack_scoped_policy_allows_matching_stack(world: World, cfn_role: Any) 
     assert "app-mp-x" not in names
 
 
-def test_stack_scoped_policy_denies_other_stack(world: World, cfn_role: Any) -> None:
+def test_stack_scoped_policy_denies_other_stack(world: World, cfn_role: Any, undo: Cleanup) -> None:
     """AWS: the same policy does not cover stack infra, nor DescribeStacks of all stacks (*)."""
+    undo.add(remove_stack, world, "mp-infra")
+    undo.add(remove_stack, world, "mp-other")
     world.client("cloudformation").create_stack(StackName="mp-infra",
                                                 TemplateBody=bucket_template("mp-infra-bucket"))
     assert outcome(lambda: cfn_role.delete_stack(StackName="mp-infra")) == "403:AccessDenied"
@@ -94,12 +117,15 @@ def test_stack_scoped_policy_denies_other_stack(world: World, cfn_role: Any) -> 
     assert world.client("cloudformation").describe_stacks(StackName="mp-infra")["Stacks"]
 
 
-def test_eip_scoped_policy(world: World) -> None:
+def test_eip_scoped_policy(world: World, undo: Cleanup) -> None:
     """AWS: AssociateAddress allowed on one elastic-ip ARN (+ instance/*) works for it alone."""
     ec2 = world.client("ec2")
-    mine = ec2.allocate_address(Domain="vpc")["AllocationId"]
-    other = ec2.allocate_address(Domain="vpc")["AllocationId"]
     instance = ec2.run_instances(ImageId=world.image_id(), MinCount=1, MaxCount=1)["Instances"][0]
+    undo.add(terminate, world, [instance["InstanceId"]])
+    mine = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    undo.add(release, world, [mine])
+    other = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    undo.add(release, world, [other])
     arn = world.make_role("mp-eip-mover", [allow("ec2:AssociateAddress", [
         f"arn:aws:ec2:{REGION}:{ACCOUNT}:elastic-ip/{mine}",
         f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"])])
@@ -146,10 +172,12 @@ def launcher(world: World) -> dict[str, Any]:
     return {"ec2": world.client("ec2", creds), "cfn": world.client("cloudformation", creds)}
 
 
-def test_run_instances_checks_pass_role(world: World, launcher: dict[str, Any]) -> None:
+def test_run_instances_checks_pass_role(world: World, launcher: dict[str, Any], undo: Cleanup) -> None:
     """AWS: RunInstances with a profile needs iam:PassRole on its role; denied = no instance."""
     ec2, image = launcher["ec2"], world.image_id()
-    ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, IamInstanceProfile={"Name": "mp-app-a-profile"})
+    allowed = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                                IamInstanceProfile={"Name": "mp-app-a-profile"})["Instances"][0]
+    undo.add(terminate, world, [allowed["InstanceId"]])
     before = count_instances(world)
     assert outcome(lambda: ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1,
@@ -160,13 +188,17 @@ def test_run_instances_checks_pass_role(world: World, launcher: dict[str, Any]) 
     )) == PASS_ROLE_DENIED
     assert count_instances(world) == before
     plain = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    undo.add(terminate, world, [plain])
     assert outcome(lambda: ec2.associate_iam_instance_profile(
         IamInstanceProfile={"Name": "mp-app-b-profile"}, InstanceId=plain)) == PASS_ROLE_DENIED
 
 
-def test_stack_instance_checks_pass_role_and_rolls_back(world: World, launcher: dict[str, Any]) -> None:
+def test_stack_instance_checks_pass_role_and_rolls_back(world: World, launcher: dict[str, Any],
+                                                         undo: Cleanup) -> None:
     """AWS: a stack instance whose role may not be passed is CREATE_FAILED; stack ROLLBACK_COMPLETE."""
     cfn, image = launcher["cfn"], world.image_id()
+    undo.add(remove_stack, world, "app-mp-good")
+    undo.add(remove_stack, world, "app-mp-bad")
     cfn.create_stack(StackName="app-mp-good", TemplateBody=instance_template(image, "mp-app-a-profile"))
     assert cfn.describe_stacks(StackName="app-mp-good")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
     assert count_instances(world, **{"tag:aws:cloudformation:stack-name": "app-mp-good"}) == 1
@@ -200,9 +232,10 @@ def test_upstream_cfn_rollback_still_needed(upstream: dict[str, str]) -> None:
 
 # --- S3 (moto already right; kept as a regression check) -----------------------------------
 
-def test_s3_object_scoped_policy(world: World) -> None:
+def test_s3_object_scoped_policy(world: World, undo: Cleanup) -> None:
     """AWS: s3:GetObject on artifacts/app/* reads app/x and cannot write or delete."""
     s3 = world.client("s3")
+    undo.add(remove_bucket, world, "mp-artifacts")
     s3.create_bucket(Bucket="mp-artifacts")
     s3.put_object(Bucket="mp-artifacts", Key="app/x", Body=b"jar")
     arn = world.make_role("mp-app-reader", [allow("s3:GetObject", "arn:aws:s3:::mp-artifacts/app/*")])

@@ -12,9 +12,9 @@ import pytest
 from botocore.config import Config
 
 from phoenixci.errors import PublishError
-from phoenixci.stacks import empty_bucket
 from phoenixci.pipeline.package import PackageResult
 from phoenixci.pipeline.publish import PublishResult, fetch_and_verify, publish
+from phoenixci.stacks import empty_bucket
 from phoenixci.util import free_port
 
 pytestmark = pytest.mark.integration

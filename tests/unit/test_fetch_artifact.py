@@ -1,43 +1,33 @@
 """infra/files/fetch_artifact.py: the stdlib SigV4 artifact fetcher the app server runs at boot.
 
-Checks that infra/app-server.yaml embeds exactly this file, that its signatures match botocore's
-and are accepted by moto with IAM enforcement on, that it installs a verified artifact and
-refuses a tampered one (leaving nothing behind), and that it takes role credentials from an
-IMDSv2 (a fake one on 127.0.0.1). All traffic stays on 127.0.0.1.
+Checks that infra/app-server.yaml embeds exactly this file, that its signatures match botocore's,
+and how it fails without credentials (a fake IMDSv2 on 127.0.0.1) or with bad arguments. What
+needs an AWS API (moto accepting the signatures under IAM enforcement, verified installs,
+tampered objects, IMDS role credentials) is in tests/integration/test_fetch_artifact_moto.py.
 
 Run ``python tests/unit/test_fetch_artifact.py --sync`` after editing fetch_artifact.py to copy
 it into the template.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import hashlib
-import http.server
-import importlib.util
-import json
 import re
-import socket
 import subprocess
 import sys
-import threading
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fetch_kit import REGION, ROOT, SCRIPT, fake_imds, load_fetch_artifact, run_fetch  # noqa: E402
+
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "infra" / "files" / "fetch_artifact.py"
 TEMPLATE = ROOT / "infra" / "app-server.yaml"
 EMBED_PATH = "/usr/local/lib/phoenixapp/fetch_artifact.py"
 EMBED_INDENT = " " * 16
-REGION = "us-east-1"
 PSEUDO = {"AWS::Region", "AWS::AccountId", "AWS::Partition", "AWS::StackName", "AWS::StackId",
           "AWS::URLSuffix"}
 
@@ -97,22 +87,7 @@ def sync_template() -> None:
     TEMPLATE.write_text("".join(lines[:content + 1] + block + lines[end:]))
 
 
-# ------------------------------------------------------------------ the script as a module
-def _load_module() -> Any:
-    spec = importlib.util.spec_from_file_location("fetch_artifact", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fetch_artifact = _load_module()
-
-
-def run_fetch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env={**base, **env},
-                          capture_output=True, text=True, timeout=60, check=False)
+fetch_artifact = load_fetch_artifact()
 
 
 # ------------------------------------------------------------------ template checks
@@ -192,209 +167,7 @@ def test_path_style_url_with_endpoint() -> None:
     assert url == "http://10.42.1.1:5000/b/app/x%20y.tar.gz"
 
 
-# ------------------------------------------------------------------ against moto
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _post(url: str, body: bytes) -> bytes:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "text/plain"})
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - 127.0.0.1 only
-        return bytes(resp.read())
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[dict[str, Any]]:
-    """A moto server with IAM enforcement on, a bucket, and a reader limited to app/*.
-
-    moto's state is process-wide, so names are unique and everything is removed afterwards;
-    only the auth switch is global, and it is restored.
-    """
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # Enforcement is process-wide and other tests may have left it on: off for the set-up.
-    original = json.loads(_post(endpoint + "/moto-api/reset-auth", b"inf"))
-    suffix = uuid.uuid4().hex[:8]
-    bucket, reader, publisher = f"artifacts-{suffix}", f"reader-{suffix}", f"pub-{suffix}"
-    admin = boto3.Session(aws_access_key_id="admin", aws_secret_access_key="admin",
-                          region_name=REGION)
-    s3 = admin.client("s3", endpoint_url=endpoint)  # before auth is switched on
-    iam = admin.client("iam", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=bucket)
-    keys = {}
-    for user, action, resource in ((reader, "s3:GetObject", f"arn:aws:s3:::{bucket}/app/*"),
-                                   (publisher, "s3:PutObject", f"arn:aws:s3:::{bucket}/*")):
-        iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": action, "Resource": resource}]}))
-        keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
-    _post(endpoint + "/moto-api/reset-auth", b"0")
-    try:
-        yield {"endpoint": endpoint, "bucket": bucket,
-               "publisher": boto3.client(
-                   "s3", aws_access_key_id=keys[publisher]["AccessKeyId"],
-                   aws_secret_access_key=keys[publisher]["SecretAccessKey"],
-                   region_name=REGION, endpoint_url=endpoint),
-               "env": {"AWS_ACCESS_KEY_ID": keys[reader]["AccessKeyId"],
-                       "AWS_SECRET_ACCESS_KEY": keys[reader]["SecretAccessKey"]}}
-    finally:
-        _post(endpoint + "/moto-api/reset-auth", b"inf")
-        for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
-            s3.delete_object(Bucket=bucket, Key=obj["Key"])
-        s3.delete_bucket(Bucket=bucket)
-        for user in (reader, publisher):
-            iam.delete_user_policy(UserName=user, PolicyName="p")
-            iam.delete_access_key(UserName=user, AccessKeyId=keys[user]["AccessKeyId"])
-            iam.delete_user(UserName=user)
-        restore = str(original.get("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT", "inf")).encode()
-        _post(endpoint + "/moto-api/reset-auth", restore)
-        server.stop()
-
-
-def _publish(moto: dict[str, Any], key: str, body: bytes, sha_text: str | None = None) -> str:
-    """Upload an artifact and its .sha256 (sha256sum format) as the publisher."""
-    digest = hashlib.sha256(body).hexdigest()
-    moto["publisher"].put_object(Bucket=moto["bucket"], Key=key, Body=body)
-    text = sha_text if sha_text is not None else f"{digest}  {key.rsplit('/', 1)[-1]}\n"
-    moto["publisher"].put_object(Bucket=moto["bucket"], Key=key + ".sha256",
-                                 Body=text.encode())
-    return digest
-
-
-def _args(moto: dict[str, Any], key: str, sha: str, dest: Path) -> list[str]:
-    return ["--bucket", moto["bucket"], "--key", key, "--sha256", sha, "--dest", str(dest),
-            "--endpoint", moto["endpoint"], "--region", REGION, "--retry-seconds", "0",
-            "--timeout", "10"]
-
-
-def test_downloads_and_verifies(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    key = "app/rev1/app-rev1.tar.gz"
-    body = b"artifact bytes " * 1000
-    digest = _publish(moto_s3, key, body)
-    dest = tmp_path / "out" / "app.tar.gz"
-    proc = run_fetch(*_args(moto_s3, key, digest, dest), env=moto_s3["env"])
-    assert proc.returncode == 0, proc.stderr
-    assert dest.read_bytes() == body
-    assert "verified sha256 " + digest in proc.stderr
-    assert [p.name for p in dest.parent.iterdir()] == ["app.tar.gz"]
-
-
-def test_refuses_tampered_object(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    key = "app/rev2/app-rev2.tar.gz"
-    digest = _publish(moto_s3, key, b"the real artifact")
-    _publish(moto_s3, key, b"tampered artifact", sha_text=f"{digest}  x\n")
-    dest = tmp_path / "app.tar.gz"
-    proc = run_fetch(*_args(moto_s3, key, digest, dest), env=moto_s3["env"])
-    assert proc.returncode == fetch_artifact.EXIT_MISMATCH, proc.stderr
-    assert "CHECKSUM MISMATCH" in proc.stderr
-    assert not dest.exists()
-    assert list(tmp_path.iterdir()) == [], "no temporary file may be left behind"
-
-
-def test_refuses_disagreeing_checksum_object(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    key = "app/rev3/app-rev3.tar.gz"
-    digest = _publish(moto_s3, key, b"artifact", sha_text="0" * 64 + "  x\n")
-    proc = run_fetch(*_args(moto_s3, key, digest, tmp_path / "a"), env=moto_s3["env"])
-    assert proc.returncode == fetch_artifact.EXIT_MISMATCH, proc.stderr
-    assert ".sha256 says" in proc.stderr
-    assert not (tmp_path / "a").exists()
-
-
-def test_missing_object_fails_fast(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    proc = run_fetch(*_args(moto_s3, "app/none/app-none.tar.gz", "0" * 64, tmp_path / "a"),
-                     env=moto_s3["env"])
-    assert proc.returncode == fetch_artifact.EXIT_DOWNLOAD, proc.stderr
-    assert "HTTP 404" in proc.stderr
-
-
-def test_denied_outside_app_prefix(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    """moto checks the signature and the policy: the reader may only read app/*."""
-    digest = _publish(moto_s3, "other/x.tar.gz", b"secret")
-    proc = run_fetch(*_args(moto_s3, "other/x.tar.gz", digest, tmp_path / "a"),
-                     env=moto_s3["env"])
-    assert proc.returncode == fetch_artifact.EXIT_DOWNLOAD, proc.stderr
-    assert "HTTP 403" in proc.stderr
-
-
-def test_bad_secret_is_rejected(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    key = "app/rev4/app-rev4.tar.gz"
-    digest = _publish(moto_s3, key, b"artifact")
-    env = {**moto_s3["env"], "AWS_SECRET_ACCESS_KEY": "wrong"}
-    proc = run_fetch(*_args(moto_s3, key, digest, tmp_path / "a"), env=env)
-    assert proc.returncode == fetch_artifact.EXIT_DOWNLOAD
-    assert "HTTP 403" in proc.stderr and "SignatureDoesNotMatch" in proc.stderr
-
-
-# ------------------------------------------------------------------ IMDSv2 credentials
-class _FakeImds(http.server.BaseHTTPRequestHandler):
-    token = "imds-token-123"
-    creds: dict[str, str] = {}
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_PUT(self) -> None:  # noqa: N802
-        ok = self.path == "/latest/api/token" and \
-            self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-        self._reply(200 if ok else 400, self.token if ok else "")
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.headers.get("X-aws-ec2-metadata-token") != self.token:
-            self._reply(401, "")
-        elif self.path == "/latest/meta-data/iam/security-credentials/":
-            self._reply(200, "app-role")
-        elif self.path == "/latest/meta-data/iam/security-credentials/app-role":
-            self._reply(200, json.dumps({"Code": "Success", "Token": "", **self.creds}))
-        elif self.path == "/latest/meta-data/placement/region":
-            self._reply(200, REGION)
-        else:
-            self._reply(404, "")
-
-    def _reply(self, code: int, body: str) -> None:
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@contextlib.contextmanager
-def fake_imds(creds: dict[str, str]) -> Iterator[str]:
-    handler = type("Imds", (_FakeImds,), {"creds": creds})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_credentials_from_imdsv2(moto_s3: dict[str, Any], tmp_path: Path) -> None:
-    key = "app/rev5/app-rev5.tar.gz"
-    digest = _publish(moto_s3, key, b"artifact from the role")
-    creds = {"AccessKeyId": moto_s3["env"]["AWS_ACCESS_KEY_ID"],
-             "SecretAccessKey": moto_s3["env"]["AWS_SECRET_ACCESS_KEY"]}
-    dest = tmp_path / "a"
-    with fake_imds(creds) as imds:
-        args = [a for a in _args(moto_s3, key, digest, dest)]
-        region_at = args.index("--region")
-        del args[region_at:region_at + 2]  # region from the IMDS too
-        proc = run_fetch(*args, "--imds-endpoint", imds, env={})
-    assert proc.returncode == 0, proc.stderr
-    assert dest.read_bytes() == b"artifact from the role"
-
-
+# ------------------------------------------------------------------ failing early
 def test_no_credentials_anywhere(tmp_path: Path) -> None:
     with fake_imds({}) as imds:
         proc = run_fetch("--bucket", "b", "--key", "app/k", "--sha256", "0" * 64,
