@@ -450,6 +450,12 @@ def test_upstream_moto_still_needs_cfn_instance(upstream_cfn: dict[str, Any], fa
         "(that part of it)"
 
 
+@pytest.mark.parametrize("fact", ["bucket_versioning_ignored", "bucket_public_access_block_ignored"])
+def test_upstream_moto_still_needs_cfn_bucket(upstream_cfn: dict[str, Any], fact: str) -> None:
+    assert upstream_cfn[fact], \
+        f"upstream moto fixed CloudFormation bucket {fact!r}: remove patches/cfn_bucket.py (that part of it)"
+
+
 def test_upstream_moto_still_stores_role_inline_policies_as_repr(upstream_cfn: dict[str, Any]) -> None:
     assert upstream_cfn["role_inline_policy_not_json"], \
         "upstream moto fixed AWS::IAM::Role inline Policies (Role.create_from_cloudformation_json " \
@@ -473,6 +479,9 @@ def _probe_cfn(aws: Clients) -> dict[str, Any]:
     groups_ignored = [g["GroupId"] for g in ci_server.get("SecurityGroups", [])] != [out["CiSecurityGroupId"]]
     metadata_ignored = ci_server.get("MetadataOptions", {}).get("HttpTokens") != "required"
     bucket_policy = error_code(lambda: aws.s3.get_bucket_policy(Bucket=out["ArtifactBucket"])) is None
+    versioning_ignored = aws.s3.get_bucket_versioning(Bucket=out["ArtifactBucket"]).get("Status") != "Enabled"
+    public_block_ignored = error_code(
+        lambda: aws.s3.get_public_access_block(Bucket=out["ArtifactBucket"])) is not None
     delete_error = error_code(lambda: aws.cloudformation.delete_stack(StackName=stack["StackId"]))
     vpc_id = out["VpcId"]
     leftovers = (
@@ -499,7 +508,9 @@ def _probe_cfn(aws: Clients) -> dict[str, Any]:
             "nonempty_bucket_status": status, "tls_policy_denies_all": denied,
             "instance_security_group_ids_ignored": groups_ignored,
             "instance_launch_template_metadata_ignored": metadata_ignored,
-            "role_inline_policy_not_json": not isinstance(document, dict)}
+            "role_inline_policy_not_json": not isinstance(document, dict),
+            "bucket_versioning_ignored": versioning_ignored,
+            "bucket_public_access_block_ignored": public_block_ignored}
 
 
 def _probe_eip(aws: Clients) -> dict[str, Any]:
