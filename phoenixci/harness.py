@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from phoenixci import stacks
 from phoenixci.backends import Backend
 from phoenixci.errors import ConfigError, PhoenixError
 from phoenixci.leaks import assert_no_leftovers
+from phoenixci.pipeline.retire import APP_STACK_PREFIX
 from phoenixci.templates import load_template
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,10 @@ class Infrastructure:
 
 
 @contextlib.contextmanager
-def key_pair(ec2: Any, run_id: str, directory: Path) -> Iterator[KeyPair]:
-    """Generate an ed25519 key, import it as key pair ``phoenixci-<run_id>``, delete it after."""
+def key_pair(ec2: Any, run_id: str, directory: Path,
+             keep: Callable[[], bool] = lambda: False) -> Iterator[KeyPair]:
+    """Generate an ed25519 key, import it as key pair ``phoenixci-<run_id>``, delete it after
+    (unless ``keep()`` says the run's resources are being kept for a look)."""
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
@@ -71,9 +75,12 @@ def key_pair(ec2: Any, run_id: str, directory: Path) -> Iterator[KeyPair]:
     try:
         yield KeyPair(name=name, private_key=path, public_key=public)
     finally:
-        with contextlib.suppress(ClientError):
-            ec2.delete_key_pair(KeyName=name)
-        path.unlink(missing_ok=True)
+        if keep():
+            log.warning("keeping key pair %s; its private key is %s", name, path)
+        else:
+            with contextlib.suppress(ClientError):
+                ec2.delete_key_pair(KeyName=name)
+            path.unlink(missing_ok=True)
 
 
 def default_image_id(ec2: Any) -> str:
@@ -95,14 +102,29 @@ def infrastructure(backend: Backend, run_id: str, *, admin_cidr: str = "127.0.0.
     """
     cfn, ec2, s3 = backend.client("cloudformation"), backend.client("ec2"), backend.client("s3")
     template = load_template("infrastructure")
+    failed = False
+
+    def keeping() -> bool:
+        return keep == "always" or (keep == "on-failure" and failed)
+
     with contextlib.ExitStack() as cleanup:
         if workdir is None:
-            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="phoenixci-")))
-        key = cleanup.enter_context(key_pair(ec2, run_id, workdir))
+            workdir = Path(tempfile.mkdtemp(prefix=f"phoenixci-{run_id}-"))
+            cleanup.callback(lambda: None if keeping() else shutil.rmtree(workdir, ignore_errors=True))
+        key = cleanup.enter_context(key_pair(ec2, run_id, workdir, keep=keeping))
         params = {"RunId": run_id, "AdminCidr": admin_cidr, "KeyName": key.name,
                   "ImageId": image_id or default_image_id(ec2)}
         name = infra_stack_name(run_id)
         with stacks.managed(cfn, s3, name, template, params, run_id=run_id, keep=keep) as stack:
-            yield Infrastructure(run_id=run_id, stack=stack, key=key)
-    if keep == "never":
+            try:
+                yield Infrastructure(run_id=run_id, stack=stack, key=key)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                if not keeping():
+                    # the app servers the pipeline released live in this network: they go first
+                    for app in stacks.list_stacks(cfn, prefix=APP_STACK_PREFIX, run_id=run_id):
+                        stacks.delete(cfn, s3, app.name)
+    if keep != "always":
         assert_no_leftovers(backend, run_id)
