@@ -20,12 +20,14 @@ from typing import Any
 
 import pytest
 
+from phoenixci import stacks
 from phoenixci.errors import DeployError, HealthCheckError
 from phoenixci.harness import Infrastructure
 from phoenixci.pipeline.deploy import Environment, deploy, eip_holder
 from phoenixci.pipeline.health import Target, http_health_check
 from phoenixci.pipeline.package import package
 from phoenixci.pipeline.publish import fetch_and_verify, publish
+from phoenixci.pipeline.retire import APP_STACK_PREFIX
 from phoenixci.util import free_port
 
 pytestmark = pytest.mark.acceptance
@@ -85,6 +87,9 @@ def servers(phoenix_backend: Any, phoenix_infra: Infrastructure, tmp_path: Path)
                          tmp_path / "servers")
     yield local
     local.stop()
+    cfn, s3 = phoenix_backend.client("cloudformation"), phoenix_backend.client("s3")
+    for stack in stacks.list_stacks(cfn, prefix=APP_STACK_PREFIX, run_id=phoenix_infra.run_id):
+        stacks.delete(cfn, s3, stack.name)
 
 
 def release(phoenix_backend: Any, phoenix_infra: Infrastructure, repo: Path, build: str,
@@ -110,8 +115,8 @@ def test_commit_to_serving_and_a_broken_release_keeps_the_site_up(
         tmp_path: Path) -> None:
     ec2 = phoenix_backend.client("ec2")
     first = release(phoenix_backend, phoenix_infra, app_repo, "1", servers, tmp_path / "dist1")
-    assert eip_holder(ec2, first.public_ip and phoenix_infra.stack.outputs["AppEipAllocationId"])[0] == \
-        first.instance_id
+    assert eip_holder(ec2, phoenix_infra.stack.outputs["AppEipAllocationId"]) == \
+        (first.instance_id, phoenix_infra.stack.outputs["AppPublicIp"])
 
     (app_repo / "app" / "VERSION").write_text("1.1.0\n")
     git(app_repo, "commit", "-q", "-am", "release 1.1.0")

@@ -78,8 +78,9 @@ def app_stacks(phoenix_backend: Any, run_id: str) -> list[str]:
 def test_phoenix_sequence(phoenix_backend: Any, phoenix_infra: Infrastructure, agent: dict[str, Any],
                           env: Environment, health: Health) -> None:
     ec2 = phoenix_backend.client("ec2")
+    before = eip_holder(ec2, env.eip_allocation_id)[0]
     first = run(agent, env, rev(1), health)
-    assert first.previous_instance_id is None
+    assert first.previous_instance_id == before
     assert eip_holder(ec2, env.eip_allocation_id)[0] == first.instance_id
     assert first.public_ip == phoenix_infra.stack.outputs["AppPublicIp"]
     assert [c.instance_id for c in health.calls] == [first.instance_id]
