@@ -149,6 +149,44 @@ def cmd_retire(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cloud(args: argparse.Namespace) -> int:
+    """phoenixci cloud start|status|stop: the local cloud as a background service."""
+    import json
+
+    from phoenixci.localcloud import daemon
+
+    state_dir = Path(args.state_dir)
+    if args.action == "start":
+        console.print(f"starting the local cloud on {state_dir} (the first start builds the base image) ...")
+        ready = daemon.start(state_dir)
+        console.print(f"local cloud ready: API {ready['endpoint_url']}, image {ready['image_id']}; "
+                      f"source {ready['env_file']}")
+        return 0
+    if args.action == "stop":
+        swept = daemon.stop(state_dir)
+        for item in swept:
+            console.print(f"swept leftover {item}")
+        console.print(f"local cloud on {state_dir} stopped; nothing left")
+        return 0
+    info = daemon.status(state_dir)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0 if info.get("running") else 3
+    if not info.get("running"):
+        console.print(f"no local cloud runs on {state_dir}")
+        return 3
+    console.print(f"local cloud on {state_dir}: pid {info['pid']}, API {info.get('endpoint_url')}, "
+                  f"image {info.get('image_id')}")
+    table = Table()
+    for col in ("instance", "state", "private ip", "elastic ip", "boot phase", "error"):
+        table.add_column(col, overflow="fold")
+    for inst in info.get("instances", []):
+        table.add_row(inst["instance_id"], inst["state"], inst["private_ip"], inst.get("elastic_ip") or "",
+                      inst.get("boot_phase") or "", inst.get("error") or "")
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenixci", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
@@ -198,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infra-stack", required=True)
     p.add_argument("--keep-revision", required=True)
     p.set_defaults(func=cmd_retire)
+    p = sub.add_parser("cloud", help="the local cloud: start | status | stop (needs root)")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("--state-dir", default=os.environ.get("PHOENIXCI_STATE_DIR", "/var/lib/phoenixci/cloud"),
+                   help="where the cloud keeps its state, env file and log [env PHOENIXCI_STATE_DIR]")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=cmd_cloud)
     return parser
 
 

@@ -52,6 +52,7 @@ class ApiServer:
         self.port: int | None = None
         self.admin: AdminCredentials | None = None
         self._server: object | None = None
+        self._extra: dict[str, tuple[object, threading.Thread]] = {}
 
     @property
     def endpoint_url(self) -> str:
@@ -87,8 +88,45 @@ class ApiServer:
             raise
         log.info("embedded AWS API on %s (IAM enforced)", self.endpoint_url)
 
+    def listen_on(self, address: str) -> str:
+        """Serve the same API on ``address`` (a subnet gateway), same port; return its URL.
+
+        The local cloud calls this for each bridge it creates, so instances reach the API at
+        their gateway; it never listens on any other interface.
+        """
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        if self.port is None:
+            raise ApiServerError("the embedded AWS API is not running")
+        if address not in self._extra:
+            app = DomainDispatcherApplication(create_backend_app)
+            try:
+                server = make_server(address, self.port, app, threaded=True, request_handler=MotoRequestHandler)
+            except OSError as e:
+                raise ApiServerError(f"cannot listen on {address}:{self.port}: {e}") from e
+            thread = threading.Thread(target=server.serve_forever, name=f"api-{address}", daemon=True)
+            thread.start()
+            self._extra[address] = (server, thread)
+            log.info("embedded AWS API also on http://%s:%d", address, self.port)
+        return f"http://{address}:{self.port}"
+
+    def stop_listening_on(self, address: str) -> None:
+        entry = self._extra.pop(address, None)
+        if entry is not None:
+            server, thread = entry
+            server.shutdown()  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]
+            thread.join(timeout=5)
+
     def stop(self) -> None:
         global _running
+        for address in list(self._extra):
+            self.stop_listening_on(address)
         with _lock:
             server = self._server
             self._server = None

@@ -1,0 +1,250 @@
+"""The local cloud in one object: the AWS API, the base image as an AMI, the instance runtime,
+the IMDS on each subnet gateway, security groups and Elastic IP forwarding, kept in step with
+the API by the reconciler.
+
+``LocalCloud`` runs in-process (the pytest session, ``phoenixci demo``) or inside the
+background daemon of ``phoenixci cloud start`` (``phoenixci.localcloud.daemon``).
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phoenixci.errors import LeakError, PhoenixError
+from phoenixci.localcloud.api import ApiServer
+from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot, snapshot
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = "123456789012"
+DEFAULT_STATE_DIR = Path(os.environ.get("PHOENIXCI_STATE_DIR", "/var/lib/phoenixci/cloud"))
+
+
+class LocalCloudError(PhoenixError):
+    """The local cloud cannot do what was asked (not root, overlapping subnet, ...)."""
+
+
+@dataclass(frozen=True)
+class CloudInfo:
+    state_dir: str
+    endpoint_url: str
+    region: str
+    image_id: str
+    access_key_id: str
+    secret_access_key: str
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret_access_key, "AWS_DEFAULT_REGION": self.region,
+                "AWS_REGION": self.region}
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """``export KEY=value`` lines, readable only by root, for ``source DIR/env``."""
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text("".join(f"export {k}={v}\n" for k, v in sorted(env.items())))
+    tmp.replace(path)
+
+
+def refuse_overlap(cidr: str) -> None:
+    """Refuse a subnet that overlaps a network already routed on this machine."""
+    wanted = ipaddress.ip_network(cidr)
+    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True,
+                         text=True, check=True).stdout
+    for route in json.loads(out or "[]"):
+        dst = route.get("dst", "")
+        if dst in ("", "default") or route.get("type") in ("local", "broadcast"):
+            continue
+        try:
+            existing = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+        except ValueError:
+            continue
+        if existing.prefixlen == 0 or not wanted.overlaps(existing):
+            continue
+        raise LocalCloudError(f"subnet {cidr} overlaps {existing} already in use on this machine "
+                              f"(dev {route.get('dev', '?')}): choose another VPC/subnet CIDR or stop "
+                              "the other local cloud")
+
+
+class LocalCloud:
+    """Start with ``start()`` (or as a context manager), stop with ``stop()``."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *, region: str = "us-east-1",
+                 api_port: int = 0, image_cache: Path | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.region = region
+        self.api = ApiServer(port=api_port, region=region)
+        self.image_cache = image_cache
+        self.image: Any = None
+        self.image_id = ""
+        self.runtime: Any = None
+        self.reconciler: Reconciler | None = None
+        self._imds: dict[str, Any] = {}        # gateway ip → ImdsServer
+        self._bridges: dict[str, Any] = {}     # subnet cidr → Bridge
+        self._forwarding: Any = None
+        self._rules: dict[str, str] = {}       # instance id → applied nftables ruleset
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> CloudInfo:
+        from phoenixci.localcloud.eip import EipForwarding
+        from phoenixci.localcloud.image import build_image
+        from phoenixci.localcloud.runtime import Runtime
+
+        if os.geteuid() != 0:
+            raise LocalCloudError("the local cloud needs root (network namespaces, bridges, mounts): "
+                                  "run as root")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime = Runtime(self.state_dir / "runtime")
+        swept = self.runtime.sweep()
+        if swept:
+            log.warning("swept %d leftover(s) of an earlier run: %s", len(swept), ", ".join(swept))
+        self.image = build_image(self.image_cache) if self.image_cache else build_image()
+        self.api.start()
+        try:
+            self.image_id = self._register_image()
+            self._forwarding = EipForwarding()
+            self.reconciler = Reconciler(read=self._read, ensure_running=self._ensure_running,
+                                         ensure_stopped=self.runtime.stop, ensure_gone=self.runtime.destroy,
+                                         phase_of=self.runtime.boot_phase, apply_network=self._apply_network)
+            self.reconciler.start()
+        except BaseException:
+            self.stop()
+            raise
+        info = self.info()
+        write_env_file(self.state_dir / "env", info.env())
+        return info
+
+    def info(self) -> CloudInfo:
+        admin = self.api.admin
+        assert admin is not None
+        return CloudInfo(str(self.state_dir), self.api.endpoint_url, self.region, self.image_id,
+                         admin.access_key_id, admin.secret_access_key)
+
+    def stop(self) -> None:
+        """Remove every instance, bridge, namespace, mount, rule and listener; fail if any is left."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
+            self.reconciler = None
+        if self._forwarding is not None:
+            self._forwarding.close()
+            self._forwarding = None
+        for gateway in list(self._imds):
+            self._imds.pop(gateway).stop()
+            with contextlib.suppress(PhoenixError):
+                self.api.stop_listening_on(gateway)
+        left: list[str] = []
+        if self.runtime is not None:
+            self.runtime.close()
+            left = self.runtime.sweep()
+        self._bridges.clear()
+        if self.api.port is not None:
+            self.api.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / "env").unlink()
+        if left:
+            raise LeakError(f"local cloud stop left {len(left)} item(s): {', '.join(left)}", leftovers=left)
+
+    def __enter__(self) -> LocalCloud:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        records = self.reconciler.status() if self.reconciler else {}
+        snap = self._read()
+        eips = {iid: ip for ip, iid in snap.addresses.items()}
+        instances = [{"instance_id": v.instance_id, "state": v.state, "private_ip": v.private_ip,
+                      "elastic_ip": eips.get(v.instance_id), "subnet": v.subnet_cidr,
+                      "boot_phase": records.get(v.instance_id, {}).get("phase", "absent"),
+                      "error": records.get(v.instance_id, {}).get("error")}
+                     for v in sorted(snap.instances.values(), key=lambda v: v.instance_id)]
+        return {"state_dir": str(self.state_dir), "endpoint_url": self.api.endpoint_url,
+                "region": self.region, "image_id": self.image_id,
+                "bridges": {cidr: b.name for cidr, b in self._bridges.items()},
+                "instances": instances}
+
+    # -- reconciler hooks ------------------------------------------------------------------
+    def _ec2(self) -> Any:
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[ACCOUNT_ID][self.region]
+
+    def _read(self) -> Snapshot:
+        return snapshot(self._ec2())
+
+    def _register_image(self) -> str:
+        ami = self._ec2().register_image(name=self.image.name,
+                                         description="phoenixci base image: Debian 12 with cloud-init")
+        ami.architecture = "x86_64"
+        ami.virtualization_type = "hvm"
+        ami.root_device_name = "/dev/xvda"
+        (self.state_dir / "image.json").write_text(json.dumps({"image_id": ami.id, "name": self.image.name}))
+        return str(ami.id)
+
+    def _bridge(self, cidr: str) -> Any:
+        bridge = self._bridges.get(cidr)
+        if bridge is None:
+            refuse_overlap(cidr)
+            bridge = self.runtime.ensure_bridge(cidr)
+            self._bridges[cidr] = bridge
+            self.api.listen_on(bridge.gateway_ip)
+            self._imds[bridge.gateway_ip] = self._start_imds(bridge.gateway_ip)
+        return bridge
+
+    def _start_imds(self, gateway_ip: str) -> Any:
+        from phoenixci.localcloud.imds import ImdsServer, MotoInstanceDirectory
+
+        server = ImdsServer(MotoInstanceDirectory(ACCOUNT_ID, self.region), host=gateway_ip, port=0)
+        server.start()
+        return server
+
+    def _ensure_running(self, view: InstanceView) -> None:
+        from phoenixci.localcloud.runtime import InstanceSpec
+
+        if self.runtime.boot_phase(view.instance_id) not in {"absent", "stopped"}:
+            return
+        if view.instance_id in self.runtime.list() and self.runtime.boot_phase(view.instance_id) != "stopped":
+            return
+        bridge = self._bridge(view.subnet_cidr)
+        self._rules.pop(view.instance_id, None)  # a new namespace needs its rules again
+        network = ipaddress.ip_network(view.subnet_cidr)
+        spec = InstanceSpec(instance_id=view.instance_id, private_ip=view.private_ip,
+                            prefix_len=network.prefixlen, gateway_ip=bridge.gateway_ip,
+                            subnet_cidr=view.subnet_cidr, mac=view.mac,
+                            hostname="ip-" + view.private_ip.replace(".", "-"),
+                            imds_port=self._imds[bridge.gateway_ip].port, bridge=bridge.name)
+        self.runtime.start(spec, self.image)
+
+    def _apply_network(self, snap: Snapshot) -> None:
+        from phoenixci.localcloud import secgroups
+        from phoenixci.localcloud.eip import Target
+
+        members: dict[str, set[str]] = {}
+        for view in snap.instances.values():
+            for gid in view.group_ids:
+                members.setdefault(gid, set()).add(view.private_ip)
+        desired = {}
+        for view in snap.instances.values():
+            if view.state not in {"pending", "running"} or view.instance_id not in self.runtime.list():
+                continue
+            groups = [secgroups.from_moto(snap.groups[g]) for g in view.group_ids if g in snap.groups]
+            gateway = self._bridges[view.subnet_cidr].gateway_ip
+            ruleset = secgroups.render_nft(groups, gateway_ip=gateway, members=members)
+            if self._rules.get(view.instance_id) != ruleset:
+                secgroups.apply_nft(self.runtime.netns_name(view.instance_id), ruleset)
+                self._rules[view.instance_id] = ruleset
+            for ip, iid in snap.addresses.items():
+                if iid == view.instance_id:
+                    desired[ip] = Target(view.private_ip, secgroups.allowed_public_ports(groups))
+        self._forwarding.apply(desired)

@@ -1,0 +1,173 @@
+"""The reconciler: make the EC2 state in moto real.
+
+Each pass reads moto's in-process EC2 backend (instances, subnets, security groups, Elastic
+IPs) and drives the runtime towards it: a running instance is a running system container, a
+stopped one is stopped, a terminated one is destroyed; each subnet with instances has a bridge
+(with the API and the IMDS listening on its gateway); security groups become nftables rules in
+the instance's namespace; associated Elastic IPs are forwarded from the host.
+
+Pure functions (``desired_*``) compute what should exist from a snapshot; ``Reconciler`` applies
+the difference and records per-instance phases and errors for ``phoenixci cloud status``.
+"""
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUNNING_STATES = {"pending", "running"}
+STOPPED_STATES = {"stopping", "stopped"}
+GONE_STATES = {"shutting-down", "terminated"}
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What the reconciler needs of one moto instance."""
+
+    instance_id: str
+    state: str
+    private_ip: str
+    subnet_id: str
+    subnet_cidr: str
+    mac: str
+    group_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    instances: dict[str, InstanceView]
+    #: public ip → instance id
+    addresses: dict[str, str]
+    #: group id → moto SecurityGroup object
+    groups: dict[str, Any]
+
+
+def snapshot(ec2: Any) -> Snapshot:
+    """Read moto's EC2 backend into plain values (retried by the caller on concurrent change)."""
+    instances: dict[str, InstanceView] = {}
+    for reservation in list(ec2.reservations.values()):
+        for inst in list(reservation.instances):
+            if not inst.subnet_id or not inst.private_ip:
+                continue
+            subnet = ec2.get_subnet(inst.subnet_id)
+            nic = inst.nics.get(0) if hasattr(inst, "nics") else None
+            mac = getattr(nic, "mac_address", None) or _mac_for(inst.private_ip)
+            instances[inst.id] = InstanceView(
+                instance_id=inst.id, state=inst.state, private_ip=inst.private_ip,
+                subnet_id=inst.subnet_id, subnet_cidr=subnet.cidr_block, mac=mac,
+                group_ids=tuple(sorted(g.id for g in inst.security_groups)))
+    addresses = {a.public_ip: a.instance.id for a in list(ec2.addresses)
+                 if a.instance is not None and a.instance.id in instances}
+    groups = {gid: ec2.get_security_group_from_id(gid)
+              for view in instances.values() for gid in view.group_ids}
+    return Snapshot(instances, addresses, {k: v for k, v in groups.items() if v is not None})
+
+
+def _mac_for(ip: str) -> str:
+    """A stable locally administered MAC derived from the private address."""
+    octets = ipaddress.ip_address(ip).packed
+    return "02:" + ":".join(f"{b:02x}" for b in (0x42, *octets))
+
+
+@dataclass
+class InstanceRecord:
+    """What the reconciler knows of an instance beyond moto: its phase and last error."""
+
+    instance_id: str
+    phase: str = "absent"
+    error: str | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+
+
+@dataclass
+class Reconciler:
+    """Runs passes on a thread until stopped. ``apply_*`` callables are the runtime's hooks."""
+
+    read: Callable[[], Snapshot]
+    ensure_running: Callable[[InstanceView], None]
+    ensure_stopped: Callable[[str], None]
+    ensure_gone: Callable[[str], None]
+    phase_of: Callable[[str], str]
+    apply_network: Callable[[Snapshot], None] = lambda snap: None
+    interval: float = 0.2
+    records: dict[str, InstanceRecord] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    passes: int = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must survive; the error is logged
+                log.exception("reconcile pass failed")
+            self._stop.wait(self.interval)
+
+    def run_once(self) -> None:
+        """One pass: converge every instance, then the network (SGs, EIPs)."""
+        for attempt in range(3):
+            try:
+                snap = self.read()
+                break
+            except RuntimeError:  # moto state changed during iteration: read again
+                if attempt == 2:
+                    raise
+        with self._lock:
+            for view in snap.instances.values():
+                self._converge(view)
+            for gone in set(self.records) - set(snap.instances):
+                self._act(gone, functools.partial(self.ensure_gone, gone))
+            self.apply_network(snap)
+            self.passes += 1
+
+    def _converge(self, view: InstanceView) -> None:
+        record = self.records.setdefault(view.instance_id, InstanceRecord(view.instance_id))
+        if view.state in RUNNING_STATES:
+            if record.started_at is None or record.phase in {"absent", "stopped"}:
+                record.started_at = time.monotonic()
+                record.ready_at = None
+            self._act(view.instance_id, lambda: self.ensure_running(view))
+        elif view.state in STOPPED_STATES:
+            self._act(view.instance_id, lambda: self.ensure_stopped(view.instance_id))
+            record.started_at = None
+        elif view.state in GONE_STATES:
+            self._act(view.instance_id, lambda: self.ensure_gone(view.instance_id))
+        try:
+            record.phase = self.phase_of(view.instance_id)
+        except Exception as e:  # noqa: BLE001 - report, do not stop the pass
+            record.phase = "unknown"
+            record.error = str(e)
+        if record.phase == "ready" and record.ready_at is None:
+            record.ready_at = time.monotonic()
+
+    def _act(self, instance_id: str, action: Callable[[], None]) -> None:
+        record = self.records.setdefault(instance_id, InstanceRecord(instance_id))
+        try:
+            action()
+            record.error = None
+        except Exception as e:  # noqa: BLE001 - one bad instance must not stall the others
+            if record.error != str(e):
+                log.error("instance %s: %s", instance_id, e)
+            record.error = str(e)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {i: {"phase": r.phase, "error": r.error} for i, r in self.records.items()}
