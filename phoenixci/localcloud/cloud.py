@@ -199,6 +199,7 @@ class LocalCloud:
             bridge = self.runtime.ensure_bridge(cidr)
             self._bridges[cidr] = bridge
             self.api.listen_on(bridge.gateway_ip)
+            self._forwarding.allow_network(cidr)
             self._imds[bridge.gateway_ip] = self._start_imds(bridge.gateway_ip)
         return bridge
 

@@ -220,6 +220,13 @@ class EipForwarding:
         self._forwarders: dict[tuple[str, int], Forwarder] = {}
         self._draining: list[Forwarder] = []
 
+    def allow_network(self, network: str) -> None:
+        """Allow targets in ``network`` too (a subnet bridge the local cloud just created)."""
+        with self._lock:
+            for net in private_networks([network]):
+                if net not in self._allowed:
+                    self._allowed.append(net)
+
     def forwarders(self) -> dict[tuple[str, int], Forwarder]:
         with self._lock:
             return dict(self._forwarders)
