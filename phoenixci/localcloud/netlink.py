@@ -1,0 +1,162 @@
+"""ip / nft / dnsmasq commands for the instance runtime (every argument as list argv)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from phoenixci.errors import PhoenixError
+
+log = logging.getLogger(__name__)
+
+IMDS_ADDRESS = "169.254.169.254"
+
+
+class NetError(PhoenixError):
+    """An ip/nft/dnsmasq command failed."""
+
+
+def run(argv: list[str], *, stdin: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise NetError(f"{' '.join(argv[:4])} … failed (exit {proc.returncode}): {proc.stderr.strip()[:300]}")
+    return proc.stdout
+
+
+def ip_batch(lines: list[str], netns: str | None = None) -> None:
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    run(argv, stdin="\n".join(lines) + "\n")
+
+
+def link_names() -> list[str]:
+    data = json.loads(run(["ip", "-j", "link", "show"]) or "[]")
+    return [str(link["ifname"]) for link in data]
+
+
+def netns_names() -> list[str]:
+    return [line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line.strip()]
+
+
+def ensure_bridge(name: str, cidr: str) -> str:
+    """Create bridge ``name`` with the subnet's first host address (the gateway); return it."""
+    net = ipaddress.ip_network(cidr)
+    gateway = str(next(net.hosts()))
+    if name not in link_names():
+        ip_batch([f"link add {name} type bridge",
+                  f"addr add {gateway}/{net.prefixlen} dev {name}",
+                  f"link set {name} up"])
+        log.info("bridge %s up with gateway %s/%d", name, gateway, net.prefixlen)
+    return gateway
+
+
+def delete_link(name: str) -> None:
+    run(["ip", "link", "del", name], check=False)
+
+
+def delete_netns(name: str) -> None:
+    run(["ip", "netns", "del", name], check=False)
+
+
+def host_firewall(table: str, tag: str) -> None:
+    """Nothing is routed from or to a phx* interface, except between this cloud's own interfaces.
+
+    ``table`` is (re)created atomically. Bridged traffic between instances of one subnet passes
+    (with br_netfilter loaded it traverses this hook with both sides named ``<tag>…``).
+    """
+    rules = f"""
+table inet {table}
+delete table inet {table}
+table inet {table} {{
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    iifname "{tag}*" oifname "{tag}*" accept
+    iifname "phx*" counter drop
+    oifname "phx*" counter drop
+  }}
+}}
+"""
+    run(["nft", "-f", "-"], stdin=rules)
+
+
+def delete_table(table: str) -> None:
+    run(["nft", "delete", "table", "inet", table], check=False)
+
+
+def tables() -> list[str]:
+    out = run(["nft", "list", "tables"], check=False)
+    return [line.split()[-1] for line in out.splitlines() if line.startswith("table inet ")]
+
+
+def plumb_instance(netns: str, host_veth: str, bridge: str, mac: str, ip: str, prefix: int,
+                   gateway: str, imds_port: int) -> None:
+    """netns + veth (eth0 inside) into the bridge; subnet route only; IMDS DNAT to the gateway."""
+    run(["ip", "netns", "add", netns])
+    ip_batch([f"link add {host_veth} type veth peer name eth0 netns {netns}",
+              f"link set {host_veth} master {bridge} up"])
+    ip_batch(["link set lo up",
+              f"link set eth0 address {mac}",
+              f"addr add {ip}/{prefix} dev eth0",
+              "link set eth0 up",
+              # no default route: only the subnet (connected) and the metadata address via the gateway
+              f"route add {IMDS_ADDRESS}/32 via {gateway} dev eth0"], netns=netns)
+    nat = f"""
+table ip phoenixci_imds {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr {IMDS_ADDRESS} tcp dport 80 dnat to {gateway}:{imds_port}
+  }}
+}}
+"""
+    run(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=nat)
+
+
+class Dnsmasq:
+    """One dnsmasq per bridge: DHCP only (no DNS, no router), static leases from a hosts file."""
+
+    def __init__(self, bridge: str, cidr: str, state: Path) -> None:
+        self.bridge, self.cidr, self.state = bridge, cidr, state
+        self.hosts = state / "dhcp-hosts"
+        self.pidfile = state / "dnsmasq.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def start(self, cgroup_procs: Path) -> None:
+        if self.pid():
+            return
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.hosts.touch()
+        net = ipaddress.ip_network(self.cidr)
+        argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                "--port=0", f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
+                f"--dhcp-range={net.network_address},static,{net.netmask},12h",
+                f"--dhcp-hostsfile={self.hosts}", "--dhcp-option=3", "--dhcp-option=6",
+                f"--dhcp-leasefile={self.state / 'leases'}", "--dhcp-authoritative",
+                f"--pid-file={self.pidfile}", f"--log-facility={self.state / 'dnsmasq.log'}"]
+
+        def join_cgroup() -> None:
+            cgroup_procs.write_text("0")
+
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, preexec_fn=join_cgroup, start_new_session=True)
+        log.info("dnsmasq (DHCP only) on %s", self.bridge)
+
+    def set_host(self, mac: str, ip: str | None) -> None:
+        """Add (ip given) or remove (ip None) the static lease for ``mac`` and reload."""
+        lines = [line for line in (self.hosts.read_text().splitlines() if self.hosts.exists() else [])
+                 if not line.startswith(mac + ",")]
+        if ip:
+            lines.append(f"{mac},{ip}")
+        self.hosts.write_text("".join(line + "\n" for line in lines))
+        pid = self.pid()
+        if pid:
+            os.kill(pid, signal.SIGHUP)
