@@ -60,6 +60,7 @@ system_info:
     sudo: ["ALL=(ALL) NOPASSWD:ALL"]
     shell: /bin/bash
 locale: C.UTF-8
+manage_etc_hosts: true
 ssh_genkeytypes: [ed25519]
 ssh_deletekeys: false
 network: {config: disabled}

@@ -137,7 +137,7 @@ class Dnsmasq:
         self.hosts.touch()
         net = ipaddress.ip_network(self.cidr)
         argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--port=0", f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
+                "--port=0", "--user=root", f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
                 f"--dhcp-range={net.network_address},static,{net.netmask},12h",
                 f"--dhcp-hostsfile={self.hosts}", "--dhcp-option=3", "--dhcp-option=6",
                 f"--dhcp-leasefile={self.state / 'leases'}", "--dhcp-authoritative",
