@@ -187,6 +187,16 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    """phoenixci image build: the base image of local instances (cached; instant the 2nd time)."""
+    from phoenixci.localcloud.image import build_image
+
+    with _progress("building the base image (about 35 s the first time)"):
+        image = build_image(Path(args.cache_dir), force=args.force)
+    console.print(f"{image.name}  rootfs {image.rootfs}  sha256 {image.manifest['sha256']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenixci", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
@@ -242,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the cloud keeps its state, env file and log [env PHOENIXCI_STATE_DIR]")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("image", help="the base image of local instances: build (needs root)")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--cache-dir", default="/var/cache/phoenixci/images")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_image)
     return parser
 
 

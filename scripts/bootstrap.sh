@@ -10,6 +10,14 @@ need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v make >/dev/null || need_apt+=(make)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# the local cloud's instance runtime (root): base image, namespaces, bridges, firewall, DHCP, ssh
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: missing ${need_apt[*]}; run as root or install them" >&2; exit 1

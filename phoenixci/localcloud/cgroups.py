@@ -100,3 +100,26 @@ def memory_bytes(path: Path) -> dict[str, int]:
     if current.exists():
         out["memory_current"] = int(current.read_text())
     return out
+
+
+def remove_prefixed(prefix: str) -> list[str]:
+    """Kill and remove every top-level cgroup whose name starts with ``prefix``."""
+    removed = []
+    for path in sorted(root().glob(f"{prefix}*")):
+        remove(path)
+        removed.append(path.name)
+    return removed
+
+
+def namespace_init(path: Path, comm: str) -> int | None:
+    """Host PID of the process in ``path`` that is PID 1 of its own pid namespace and named ``comm``."""
+    for pid in pids(path):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1" and name == comm:
+            return pid
+    return None

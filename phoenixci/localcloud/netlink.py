@@ -61,6 +61,20 @@ def delete_netns(name: str) -> None:
     run(["ip", "netns", "del", name], check=False)
 
 
+def remove_prefixed(prefix: str) -> list[str]:
+    """Delete every netns and link whose name starts with ``prefix``; return what went."""
+    removed = []
+    for ns in netns_names():
+        if ns.startswith(prefix):
+            delete_netns(ns)
+            removed.append(f"netns {ns}")
+    for link in link_names():
+        if link.startswith(prefix):
+            delete_link(link)
+            removed.append(f"link {link}")
+    return removed
+
+
 def host_firewall(table: str, tag: str) -> None:
     """Nothing is routed from or to a phx* interface, except between this cloud's own interfaces.
 

@@ -79,6 +79,8 @@ class Runtime:
     def netns(self, instance_id: str) -> str:
         return f"{self.tag}-{self._short(instance_id)}"
 
+    netns_name = netns
+
     def veth(self, instance_id: str) -> str:
         return f"{self.tag}v{self._short(instance_id)}"
 
@@ -96,6 +98,9 @@ class Runtime:
     def _dnsmasq(self, bridge: str, cidr: str) -> netlink.Dnsmasq:
         return netlink.Dnsmasq(bridge, cidr, self.state_dir / "bridges" / bridge)
 
+    def _dns_cgroup(self, bridge: str) -> Path:
+        return cgroups.root() / f"{self.tag}-d{bridge[len(self.tag) + 1:]}"
+
     # ---- bridges -----------------------------------------------------------------------------
     def ensure_bridge(self, subnet_cidr: str) -> Bridge:
         name = self.bridge_name(subnet_cidr)
@@ -105,7 +110,7 @@ class Runtime:
         bdir.mkdir(parents=True, exist_ok=True)
         bridge = Bridge(name=name, gateway_ip=gateway, cidr=subnet_cidr)
         (bdir / "bridge.json").write_text(json.dumps(asdict(bridge)))
-        cg = cgroups.create(f"{self.tag}-d{name[len(self.tag) + 1:]}")
+        cg = cgroups.create(self._dns_cgroup(name).name)
         self._dnsmasq(name, subnet_cidr).start(cg / "cgroup.procs")
         return bridge
 
@@ -115,7 +120,7 @@ class Runtime:
 
     def remove_bridge(self, bridge: Bridge | str) -> None:
         name = bridge.name if isinstance(bridge, Bridge) else bridge
-        cgroups.remove(cgroups.root() / f"{self.tag}-d{name[len(self.tag) + 1:]}")
+        cgroups.remove(self._dns_cgroup(name))
         netlink.delete_link(name)
         shutil.rmtree(self.state_dir / "bridges" / name, ignore_errors=True)
         if not self.bridges():
@@ -174,16 +179,7 @@ class Runtime:
 
     def init_pid(self, instance_id: str) -> int | None:
         """Host PID of the container's PID 1 if it is systemd."""
-        for pid in cgroups.pids(self._cgroup(instance_id)):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
-            if nspid[-1:] == ["1"] and len(nspid) > 1 and comm == "systemd":
-                return pid
-        return None
+        return cgroups.namespace_init(self._cgroup(instance_id), "systemd")
 
     def stop(self, instance_id: str, timeout: float = 10.0) -> None:
         """Ask systemd to power off; kill what is left after ``timeout``. The upper dir stays."""
@@ -274,18 +270,8 @@ class Runtime:
     def sweep(self) -> builtins.list[str]:
         """Remove everything of this cloud's tag left by a killed run; return what was removed."""
         removed: builtins.list[str] = []
-        for cg in sorted(cgroups.root().glob(f"{self.tag}-*")):
-            cgroups.remove(cg)
-            removed.append(f"cgroup {cg.name}")
-        for ns in netlink.netns_names():
-            if ns.startswith(self.tag):
-                netlink.delete_netns(ns)
-                removed.append(f"netns {ns}")
-        for link in netlink.link_names():
-            name = link.split("@")[0]
-            if name.startswith(self.tag):
-                netlink.delete_link(name)
-                removed.append(f"link {name}")
+        removed += [f"cgroup {name}" for name in cgroups.remove_prefixed(self.tag)]
+        removed += netlink.remove_prefixed(self.tag)
         for line in Path("/proc/mounts").read_text().splitlines():
             target = line.split()[1]
             if target.startswith(str(self.state_dir) + "/"):
