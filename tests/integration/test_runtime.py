@@ -98,6 +98,8 @@ def port_open(ip: str, port: int) -> bool:
 
 def test_instance_boots_like_ec2(cloud: tuple[Runtime, Bridge, ImdsStub], image: Image, ssh_key: Path) -> None:
     runtime, bridge, imds = cloud
+    firewall = netlink.run(["nft", "list", "table", "inet", runtime.table])
+    assert 'iifname "phx*"' in firewall and 'oifname "phx*"' in firewall and "drop" in firewall
     spec = new_instance(runtime, bridge, imds, ssh_key, 10)
     t0 = time.monotonic()
     runtime.start(spec, image)
