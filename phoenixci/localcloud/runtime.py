@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -71,6 +72,7 @@ class Runtime:
         self.tag = name_prefix + _h(str(self.state_dir), 3)
         self.table = f"phoenixci_{self.tag}"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()  # the leases file is read-modify-write
 
     # ---- names -------------------------------------------------------------------------------
     def _short(self, instance_id: str) -> str:
@@ -140,7 +142,8 @@ class Runtime:
                                                     "rootfs": str(image.rootfs)}))
         try:
             cg = cgroups.create(cg.name)
-            self._dnsmasq(spec.bridge, spec.subnet_cidr).set_host(spec.mac, spec.private_ip)
+            with self._lock:
+                self._dnsmasq(spec.bridge, spec.subnet_cidr).set_host(spec.mac, spec.private_ip)
             self._unplumb(spec.instance_id)
             netlink.plumb_instance(self.netns(spec.instance_id), self.veth(spec.instance_id), spec.bridge,
                                    spec.mac, spec.private_ip, spec.prefix_len, spec.gateway_ip,
@@ -203,7 +206,8 @@ class Runtime:
         self._unplumb(instance_id)
         spec = self._spec(instance_id)
         if spec is not None:
-            self._dnsmasq(spec["bridge"], spec["subnet_cidr"]).set_host(spec["mac"], None)
+            with self._lock:
+                self._dnsmasq(spec["bridge"], spec["subnet_cidr"]).set_host(spec["mac"], None)
         if not keep_state:
             shutil.rmtree(idir, ignore_errors=True)
         log.info("instance %s %s in %.3f s", instance_id, "stopped" if keep_state else "destroyed",
