@@ -19,11 +19,14 @@ from typing import Any
 
 from phoenixci.errors import LeakError, PhoenixError
 from phoenixci.localcloud.api import ApiServer
+from phoenixci.localcloud.mirror import MirrorServer
 from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot, snapshot
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_ID = "123456789012"
+#: the wheelhouse on every subnet gateway: pip install --no-index --find-links http://GATEWAY:3141/ …
+MIRROR_PORT = 3141
 DEFAULT_STATE_DIR = Path(os.environ.get("PHOENIXCI_STATE_DIR", "/var/lib/phoenixci/cloud"))
 
 
@@ -84,10 +87,12 @@ class LocalCloud:
         self.api = ApiServer(port=api_port, region=region)
         self.image_cache = image_cache
         self.image: Any = None
+        self.wheelhouse: Path | None = None
         self.image_id = ""
         self.runtime: Any = None
         self.reconciler: Reconciler | None = None
         self._imds: dict[str, Any] = {}        # gateway ip → ImdsServer
+        self._mirrors: dict[str, Any] = {}     # gateway ip → MirrorServer (wheelhouse)
         self._bridges: dict[str, Any] = {}     # subnet cidr → Bridge
         self._forwarding: Any = None
         self._rules: dict[str, str] = {}       # instance id → applied nftables ruleset
@@ -96,6 +101,7 @@ class LocalCloud:
     def start(self) -> CloudInfo:
         from phoenixci.localcloud.eip import EipForwarding
         from phoenixci.localcloud.image import build_image
+        from phoenixci.localcloud.mirror import fill_wheelhouse
         from phoenixci.localcloud.runtime import Runtime
 
         if os.geteuid() != 0:
@@ -107,6 +113,7 @@ class LocalCloud:
         if swept:
             log.warning("swept %d leftover(s) of an earlier run: %s", len(swept), ", ".join(swept))
         self.image = build_image(self.image_cache) if self.image_cache else build_image()
+        self.wheelhouse = fill_wheelhouse()
         self.api.start()
         try:
             self.image_id = self._register_image()
@@ -136,6 +143,8 @@ class LocalCloud:
         if self._forwarding is not None:
             self._forwarding.close()
             self._forwarding = None
+        for gateway in list(self._mirrors):
+            self._mirrors.pop(gateway).stop()
         for gateway in list(self._imds):
             self._imds.pop(gateway).stop()
             with contextlib.suppress(PhoenixError):
@@ -171,7 +180,10 @@ class LocalCloud:
                      for v in sorted(snap.instances.values(), key=lambda v: v.instance_id)]
         return {"state_dir": str(self.state_dir), "endpoint_url": self.api.endpoint_url,
                 "region": self.region, "image_id": self.image_id,
-                "bridges": {cidr: b.name for cidr, b in self._bridges.items()},
+                "subnets": {cidr: {"bridge": b.name, "gateway": b.gateway_ip,
+                                   "api_url": f"http://{b.gateway_ip}:{self.api.port}",
+                                   "mirror_url": f"http://{b.gateway_ip}:{MIRROR_PORT}/"}
+                            for cidr, b in self._bridges.items()},
                 "instances": instances}
 
     # -- reconciler hooks ------------------------------------------------------------------
@@ -201,6 +213,9 @@ class LocalCloud:
             self.api.listen_on(bridge.gateway_ip)
             self._forwarding.allow_network(cidr)
             self._imds[bridge.gateway_ip] = self._start_imds(bridge.gateway_ip)
+            assert self.wheelhouse is not None
+            self._mirrors[bridge.gateway_ip] = MirrorServer(self.wheelhouse, host=bridge.gateway_ip,
+                                                            port=MIRROR_PORT).start()
         return bridge
 
     def _start_imds(self, gateway_ip: str) -> Any:
