@@ -113,7 +113,7 @@ def infrastructure(backend: Backend, run_id: str, *, admin_cidr: str = "127.0.0.
             cleanup.callback(lambda: None if keeping() else shutil.rmtree(workdir, ignore_errors=True))
         key = cleanup.enter_context(key_pair(ec2, run_id, workdir, keep=keeping))
         params = {"RunId": run_id, "AdminCidr": admin_cidr, "KeyName": key.name,
-                  "ImageId": image_id or default_image_id(ec2)}
+                  "ImageId": image_id or getattr(backend, "image_id", None) or default_image_id(ec2)}
         name = infra_stack_name(run_id)
         with stacks.managed(cfn, s3, name, template, params, run_id=run_id, keep=keep) as stack:
             try:

@@ -56,12 +56,15 @@ def snapshot(ec2: Any) -> Snapshot:
         for inst in list(reservation.instances):
             if not inst.subnet_id or not inst.private_ip:
                 continue
-            subnet = ec2.get_subnet(inst.subnet_id)
+            try:
+                cidr = ec2.get_subnet(inst.subnet_id).cidr_block
+            except Exception:  # noqa: BLE001 - the subnet went first (a deleted stack): only
+                cidr = ""      # a terminated instance can be left like that; it is destroyed
             nic = inst.nics.get(0) if hasattr(inst, "nics") else None
             mac = getattr(nic, "mac_address", None) or _mac_for(inst.private_ip)
             instances[inst.id] = InstanceView(
                 instance_id=inst.id, state=inst.state, private_ip=inst.private_ip,
-                subnet_id=inst.subnet_id, subnet_cidr=subnet.cidr_block, mac=mac,
+                subnet_id=inst.subnet_id, subnet_cidr=cidr, mac=mac,
                 group_ids=tuple(sorted(g.id for g in inst.security_groups)))
     addresses = {a.public_ip: a.instance.id for a in list(ec2.addresses)
                  if a.instance is not None and a.instance.id in instances}
