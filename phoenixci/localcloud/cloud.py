@@ -57,6 +57,37 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
     tmp.replace(path)
 
 
+TAG_DIR = Path("/run/phoenixci/tags")
+
+
+def claim_tag(tag: str, state_dir: Path) -> None:
+    """Own the name tag ``tag`` for ``state_dir``, or refuse if another state dir owns it.
+
+    Every namespace, bridge, cgroup and firewall table of a cloud carries its tag, and a start
+    sweeps everything with its tag: two state dirs hashing to one tag must never both run.
+    """
+    TAG_DIR.mkdir(parents=True, exist_ok=True)
+    path = TAG_DIR / tag
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        owner = path.read_text().strip()
+        if owner != str(state_dir):
+            raise LocalCloudError(f"the local cloud of {owner} uses the name tag {tag} of {state_dir}: "
+                                  f"stop it, or choose another --state-dir (or remove {path} if that "
+                                  "cloud is gone)") from None
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{state_dir}\n")
+
+
+def release_tag(tag: str, state_dir: Path) -> None:
+    path = TAG_DIR / tag
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text().strip() == str(state_dir):
+            path.unlink()
+
+
 def refuse_overlap(cidr: str) -> None:
     """Refuse a subnet that overlaps a network already routed on this machine."""
     wanted = ipaddress.ip_network(cidr)
@@ -109,6 +140,7 @@ class LocalCloud:
                                   "run as root")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.runtime = Runtime(self.state_dir / "runtime")
+        claim_tag(self.runtime.tag, self.state_dir)
         swept = self.runtime.sweep()
         if swept:
             log.warning("swept %d leftover(s) of an earlier run: %s", len(swept), ", ".join(swept))
@@ -158,6 +190,8 @@ class LocalCloud:
             self.api.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "env").unlink()
+        if self.runtime is not None:
+            release_tag(self.runtime.tag, self.state_dir)
         if left:
             raise LeakError(f"local cloud stop left {len(left)} item(s): {', '.join(left)}", leftovers=left)
 

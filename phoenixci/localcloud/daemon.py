@@ -24,7 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phoenixci.localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud, LocalCloudError
+from phoenixci.localcloud.cloud import (
+    DEFAULT_STATE_DIR,
+    TAG_DIR,
+    LocalCloud,
+    LocalCloudError,
+    release_tag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,14 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = STOP_TIMEOUT) 
         if _pid(state_dir) is not None:
             os.kill(pid, signal.SIGKILL)
             log.error("local cloud pid %d did not stop in %gs: killed", pid, timeout)
-    swept = Runtime(state_dir / "runtime").sweep() if (state_dir / "runtime").exists() else []
-    left = Runtime(state_dir / "runtime").sweep() if (state_dir / "runtime").exists() else []
+    runtime = Runtime(state_dir / "runtime")
+    owner = TAG_DIR / runtime.tag
+    if owner.exists() and owner.read_text().strip() != str(state_dir):
+        raise LocalCloudError(f"not sweeping {state_dir}: its name tag {runtime.tag} belongs to the cloud of "
+                              f"{owner.read_text().strip()}")
+    swept = runtime.sweep() if (state_dir / "runtime").exists() else []
+    left = runtime.sweep() if (state_dir / "runtime").exists() else []
+    release_tag(runtime.tag, state_dir)
     for name in ("cloud.pid", "ready.json", "status.json", "env"):
         (state_dir / name).unlink(missing_ok=True)
     if left:

@@ -1,0 +1,44 @@
+"""Two state dirs sharing a name tag must never both run: the second is refused, not swept."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from phoenixci.localcloud import cloud
+from phoenixci.localcloud.cloud import LocalCloudError, claim_tag, release_tag, write_env_file
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def tag_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(cloud, "TAG_DIR", tmp_path / "tags")
+    return tmp_path / "tags"
+
+
+def test_claim_is_idempotent_for_the_owner(tmp_path: Path) -> None:
+    claim_tag("phxabc", tmp_path / "a")
+    claim_tag("phxabc", tmp_path / "a")
+    release_tag("phxabc", tmp_path / "a")
+    claim_tag("phxabc", tmp_path / "b")
+
+
+def test_another_state_dir_is_refused_with_the_owner_named(tmp_path: Path) -> None:
+    claim_tag("phxabc", tmp_path / "a")
+    with pytest.raises(LocalCloudError) as info:
+        claim_tag("phxabc", tmp_path / "b")
+    assert str(tmp_path / "a") in str(info.value) and "another --state-dir" in str(info.value)
+
+
+def test_release_by_a_non_owner_keeps_the_claim(tmp_path: Path, tag_dir: Path) -> None:
+    claim_tag("phxabc", tmp_path / "a")
+    release_tag("phxabc", tmp_path / "b")
+    assert (tag_dir / "phxabc").read_text().strip() == str(tmp_path / "a")
+
+
+def test_env_file_is_private_and_sourceable(tmp_path: Path) -> None:
+    path = tmp_path / "env"
+    write_env_file(path, {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "AKIA"})
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == "export AWS_ACCESS_KEY_ID=AKIA\nexport AWS_ENDPOINT_URL=http://127.0.0.1:1\n"
