@@ -43,14 +43,17 @@ def _pid(state_dir: Path) -> int | None:
         pid = int((state_dir / "cloud.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if _is_daemon(pid, state_dir) else None
+
+
+def _is_daemon(pid: int, state_dir: Path) -> bool:
+    """Whether ``pid`` is (still) the daemon of ``state_dir``; a zombie or a recycled PID is not."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return None
+        return False
     # only ever signal our own daemon for this state dir, never a recycled PID
-    if b"phoenixci.localcloud.daemon" in cmdline and str(state_dir).encode() in cmdline:
-        return pid
-    return None
+    return b"phoenixci.localcloud.daemon" in cmdline and str(state_dir).encode() in cmdline
 
 
 def running_pid(state_dir: Path) -> int | None:
@@ -119,10 +122,12 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = STOP_TIMEOUT) 
     pid = _pid(state_dir)
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
+        # wait for the process itself, not its pid file (removed before the interpreter exits):
+        # returning earlier let a following `cloud start` race the old daemon for cloud.lock
         deadline = time.monotonic() + timeout
-        while _pid(state_dir) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid(state_dir) is not None:
+        while _is_daemon(pid, state_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _is_daemon(pid, state_dir):
             os.kill(pid, signal.SIGKILL)
             log.error("local cloud pid %d did not stop in %gs: killed", pid, timeout)
     runtime = Runtime(state_dir / "runtime")
