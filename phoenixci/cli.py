@@ -63,6 +63,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with harness.infrastructure(backend, run_id, admin_cidr=args.admin_cidr, keep=args.keep) as infra:
             console.print(_resources_table(infra.stack))
             console.print(_outputs_table(infra.stack))
+            if getattr(backend, "cloud", None) is not None:
+                _show_ci_servers(backend, infra)
             console.print("tearing down ...")
         if args.keep == "never":
             console.print(f"[green]torn down: nothing tagged {stacks.RUN_ID_TAG}={run_id} is left[/]")
@@ -71,6 +73,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         backend.stop()
     return 0
+
+
+def _show_ci_servers(backend: Backend, infra: harness.Infrastructure) -> None:
+    """On the local cloud the CI server and agent really boot: wait for them, log in over SSH."""
+    import subprocess
+
+    from phoenixci.util import wait_until
+
+    cloud = backend.cloud  # type: ignore[attr-defined]
+    out = infra.stack.outputs
+    servers = {"CI server": (out["CiServerInstanceId"], out["CiServerPrivateIp"]),
+               "CI agent": (out["CiAgentInstanceId"], out["CiAgentPrivateIp"])}
+    with _progress("booting the CI server and agent (systemd, cloud-init, sshd) ..."):
+        wait_until(lambda: all(cloud.runtime.boot_phase(i) == "ready" for i, _ in servers.values()),
+                   timeout=120, interval=0.2, what="the CI instances to finish booting")
+    table = Table(title="instances of the run, booted by the local cloud")
+    for col in ("role", "instance", "private ip", "boot phase", "ssh admin@ip hostname"):
+        table.add_column(col, overflow="fold")
+    for role, (instance_id, ip) in servers.items():
+        known = infra.key.private_key.with_name(f"known_hosts-{instance_id}")
+        known.write_text(f"{ip} {cloud.runtime.ssh_host_key(instance_id)}\n")
+        done = subprocess.run(["ssh", "-i", str(infra.key.private_key), "-o", f"UserKnownHostsFile={known}",
+                               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                               "-o", "LogLevel=ERROR", f"admin@{ip}", "hostname"],
+                              capture_output=True, text=True, timeout=30)
+        answer = done.stdout.strip() if done.returncode == 0 else f"failed: {done.stderr.strip()}"
+        table.add_row(role, instance_id, ip, cloud.runtime.boot_phase(instance_id), answer)
+    console.print(table)
 
 
 def cmd_leaks(args: argparse.Namespace) -> int:
