@@ -27,8 +27,26 @@ log = logging.getLogger(__name__)
 IMAGE_NAME = "phoenixci-debian-12-v1"
 DEFAULT_CACHE = Path("/var/cache/phoenixci/images")
 SUITE = "bookworm"
-MIRRORS = (
-)
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+
+
+def host_apt_sources() -> list[str]:
+    """The apt sources this machine is configured with, as files for mmdebstrap to paste.
+
+    The image's packages come through apt exactly as the host gets its own: no mirror is
+    named here.
+    """
+    files: list[Path] = []
+    main, parts = APT_SOURCES
+    if main.is_file() and any(ln.strip() and not ln.lstrip().startswith("#")
+                              for ln in main.read_text().splitlines()):
+        files.append(main)
+    if parts.is_dir():
+        files += sorted(p for p in parts.iterdir() if p.suffix in {".list", ".sources"} and p.is_file())
+    if not files:
+        raise ImageError("this machine has no apt sources configured (/etc/apt/sources.list, "
+                         "/etc/apt/sources.list.d/): configure apt first")
+    return [str(f) for f in files]
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "cloud-init", "openssh-server", "sudo", "python3",
     "python3-venv", "git", "curl", "iproute2", "nftables", "isc-dhcp-client", "ca-certificates",
@@ -152,7 +170,7 @@ def _build_locked(cache_dir: Path, image_dir: Path, name: str) -> Image:
             '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
             '--customize-hook=truncate -s0 "$1"/etc/machine-id; rm -f "$1"/var/lib/dbus/machine-id',
             '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
-            SUITE, str(tarball), *MIRRORS,
+            SUITE, str(tarball), *host_apt_sources(),
         ]
         log.info("building image %s with mmdebstrap (about 35 s)", name)
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
