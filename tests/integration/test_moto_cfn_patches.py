@@ -27,6 +27,9 @@ from botocore.exceptions import ClientError
 
 from phoenixci import leaks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from moto_world import Cleanup  # noqa: E402  (shared with test_moto_patches)
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,26 +129,6 @@ def instance(aws: Clients, instance_id: str) -> dict[str, Any]:
 
 def address(aws: Clients, allocation_id: str) -> dict[str, Any]:
     return dict(aws.ec2.describe_addresses(AllocationIds=[allocation_id])["Addresses"][0])
-
-
-class Cleanup:
-    """Undo steps registered by a test, run last-first after it, whether it passed or not."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def add(self, step: Any, *args: Any) -> None:
-        self._steps.append((step, args))
-
-    def run(self) -> None:
-        errors = []
-        while self._steps:
-            step, args = self._steps.pop()
-            try:
-                step(*args)
-            except Exception as err:  # noqa: BLE001 - every step runs; failures reported below
-                errors.append(f"{step.__name__}{args}: {err}")
-        assert not errors, "cleanup failed: " + "; ".join(errors)
 
 
 def remove_stack(aws: Clients, name: str) -> None:
