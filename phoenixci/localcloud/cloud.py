@@ -263,9 +263,7 @@ class LocalCloud:
         from phoenixci.localcloud.runtime import InstanceSpec
 
         if self.runtime.boot_phase(view.instance_id) not in {"absent", "stopped"}:
-            return
-        if view.instance_id in self.runtime.list() and self.runtime.boot_phase(view.instance_id) != "stopped":
-            return
+            return  # already booting or running (or failed: reported by its phase)
         bridge = self._bridge(view.subnet_cidr)
         self._rules.pop(view.instance_id, None)  # a new namespace needs its rules again
         network = ipaddress.ip_network(view.subnet_cidr)

@@ -138,6 +138,8 @@ class Reconciler:
                 self._converge(view)
             for gone in set(self.records) - set(snap.instances):
                 self._act(gone, functools.partial(self.ensure_gone, gone))
+                if self.records[gone].error is None:
+                    del self.records[gone]  # moto forgot it and its container is gone
             self.apply_network(snap)
             self.passes += 1
 
