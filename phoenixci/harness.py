@@ -114,6 +114,12 @@ def infrastructure(backend: Backend, run_id: str, *, admin_cidr: str = "127.0.0.
         key = cleanup.enter_context(key_pair(ec2, run_id, workdir, keep=keeping))
         params = {"RunId": run_id, "AdminCidr": admin_cidr, "KeyName": key.name,
                   "ImageId": image_id or getattr(backend, "image_id", None) or default_image_id(ec2)}
+        if getattr(backend, "cloud", None) is not None:
+            # real networks on this machine: take a VPC range no other run uses right now
+            from phoenixci.localcloud.cloud import free_vpc_cidr
+
+            vpc = free_vpc_cidr(run_id)
+            params.update(VpcCidr=vpc, SubnetCidr=vpc.replace(".0.0/16", ".1.0/24"))
         name = infra_stack_name(run_id)
         with stacks.managed(cfn, s3, name, template, params, run_id=run_id, keep=keep) as stack:
             try:

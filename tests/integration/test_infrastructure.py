@@ -15,7 +15,13 @@ from phoenixci.harness import Infrastructure
 
 pytestmark = pytest.mark.integration
 
-VPC_CIDR = "10.42.0.0/16"
+DEFAULT_VPC_CIDR = "10.42.0.0/16"
+
+
+@pytest.fixture(scope="module")
+def vpc_cidr(phoenix_infra: Infrastructure) -> str:
+    """The template's default, unless the harness picked a free range on this machine."""
+    return phoenix_infra.stack.parameters.get("VpcCidr") or DEFAULT_VPC_CIDR
 
 
 def _policy_actions(document: dict[str, Any]) -> list[str]:
@@ -45,13 +51,13 @@ def s3(phoenix_backend: Any) -> Any:
     return phoenix_backend.client("s3")
 
 
-def test_network(phoenix_infra: Infrastructure, ec2: Any) -> None:
+def test_network(phoenix_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
     out = phoenix_infra.stack.outputs
     vpc = ec2.describe_vpcs(VpcIds=[out["VpcId"]])["Vpcs"][0]
-    assert vpc["CidrBlock"] == VPC_CIDR
+    assert vpc["CidrBlock"] == vpc_cidr
     subnet = ec2.describe_subnets(SubnetIds=[out["SubnetId"]])["Subnets"][0]
     assert subnet["VpcId"] == out["VpcId"]
-    assert ipaddress.ip_network(subnet["CidrBlock"]).subnet_of(ipaddress.ip_network(VPC_CIDR))
+    assert ipaddress.ip_network(subnet["CidrBlock"]).subnet_of(ipaddress.ip_network(vpc_cidr))
     igws = ec2.describe_internet_gateways(
         Filters=[{"Name": "attachment.vpc-id", "Values": [out["VpcId"]]}])["InternetGateways"]
     assert len(igws) == 1
@@ -72,11 +78,11 @@ def _ingress(ec2: Any, group_id: str) -> set[tuple[int, str]]:
     return rules
 
 
-def test_security_groups(phoenix_infra: Infrastructure, ec2: Any) -> None:
+def test_security_groups(phoenix_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
     out = phoenix_infra.stack.outputs
     admin = phoenix_infra.stack.parameters["AdminCidr"]
-    assert _ingress(ec2, out["CiSecurityGroupId"]) == {(22, admin), (8010, admin), (9989, VPC_CIDR)}
-    assert _ingress(ec2, out["AppSecurityGroupId"]) == {(8080, "0.0.0.0/0"), (22, VPC_CIDR)}
+    assert _ingress(ec2, out["CiSecurityGroupId"]) == {(22, admin), (8010, admin), (9989, vpc_cidr)}
+    assert _ingress(ec2, out["AppSecurityGroupId"]) == {(8080, "0.0.0.0/0"), (22, vpc_cidr)}
 
 
 def test_artifact_bucket(phoenix_infra: Infrastructure, s3: Any) -> None:

@@ -42,3 +42,24 @@ def test_env_file_is_private_and_sourceable(tmp_path: Path) -> None:
     write_env_file(path, {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "AKIA"})
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text() == "export AWS_ACCESS_KEY_ID=AKIA\nexport AWS_ENDPOINT_URL=http://127.0.0.1:1\n"
+
+
+def test_free_vpc_cidr_avoids_routed_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    first = cloud.free_vpc_cidr("run-a")
+    taken = [(ipaddress.ip_network(first), "phxb1"), (ipaddress.ip_network("10.0.0.0/9"), "eth9")]
+    monkeypatch.setattr(cloud, "routed_networks", lambda: taken)
+    again = cloud.free_vpc_cidr("run-a")
+    assert again != first
+    assert not ipaddress.ip_network(again).overlaps(ipaddress.ip_network("10.0.0.0/9"))
+    assert ipaddress.ip_network(again).subnet_of(ipaddress.ip_network("10.0.0.0/8"))
+
+
+def test_overlapping_subnet_is_refused_naming_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    monkeypatch.setattr(cloud, "routed_networks", lambda: [(ipaddress.ip_network("10.77.0.0/16"), "phxb2")])
+    with pytest.raises(LocalCloudError, match=r"10.77.1.0/24 overlaps 10.77.0.0/16 .*dev phxb2"):
+        cloud.refuse_overlap("10.77.1.0/24")
+    cloud.refuse_overlap("10.78.1.0/24")
