@@ -55,8 +55,8 @@ def _error_message(e: ClientError) -> str:
     return f"{err.get('Code', 'Error')}: {err.get('Message', str(e))}"
 
 
-def describe(cfn: Any, name: str) -> Stack | None:
-    """The stack named ``name`` (not deleted), or None."""
+def describe(cfn: Any, name: str, *, resources: bool = True) -> Stack | None:
+    """The stack named ``name`` (not deleted), or None; ``resources=False`` skips listing them."""
     try:
         found = cfn.describe_stacks(StackName=name)["Stacks"]
     except ClientError as e:
@@ -71,6 +71,8 @@ def describe(cfn: Any, name: str) -> Stack | None:
                   outputs={o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])},
                   tags={t["Key"]: t["Value"] for t in s.get("Tags", [])},
                   parameters={p["ParameterKey"]: p.get("ParameterValue", "") for p in s.get("Parameters", [])})
+    if not resources:
+        return stack
     with contextlib.suppress(ClientError):
         stack.resources = [
             {k: r.get(k, "") for k in ("LogicalResourceId", "PhysicalResourceId", "ResourceType",
@@ -109,7 +111,7 @@ def wait(cfn: Any, name: str, *, until: set[str], timeout: float = DEFAULT_TIMEO
     """Wait until the stack leaves its *_IN_PROGRESS state; return the final status."""
     deadline = time.monotonic() + timeout
     while True:
-        stack = describe(cfn, name)
+        stack = describe(cfn, name, resources=False)
         status = stack.status if stack else "DELETE_COMPLETE"
         if not status.endswith("_IN_PROGRESS") or status in until:
             return status
@@ -249,7 +251,7 @@ def list_stacks(cfn: Any, *, prefix: str = "", run_id: str | None = None) -> lis
                   if s["StackName"].startswith(prefix) and s["StackStatus"] != "DELETE_COMPLETE"]
     found = []
     for name in sorted(set(names)):
-        stack = describe(cfn, name)
+        stack = describe(cfn, name, resources=False)
         if stack is None or (run_id is not None and stack.tags.get(RUN_ID_TAG) != run_id):
             continue
         found.append(stack)
