@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 from phoenixci import leaks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moto_world import Cleanup  # noqa: E402  (shared with test_moto_patches)
+from moto_world import Cleanup, remove_bucket, remove_stack  # noqa: E402  (shared helpers)
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +80,10 @@ class Clients:
                                                 config=NO_RETRY, **self.creds)
         return self._cache[service]
 
+    def client(self, service: str) -> Any:
+        """The same client, by name (moto_world's cleanup helpers ask for it this way)."""
+        return getattr(self, service)
+
 
 def image_id(aws: Clients) -> str:
     return str(aws.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
@@ -129,33 +133,6 @@ def instance(aws: Clients, instance_id: str) -> dict[str, Any]:
 
 def address(aws: Clients, allocation_id: str) -> dict[str, Any]:
     return dict(aws.ec2.describe_addresses(AllocationIds=[allocation_id])["Addresses"][0])
-
-
-def remove_stack(aws: Clients, name: str) -> None:
-    """Delete the stack (emptying its buckets first) unless it is gone already."""
-    try:
-        stack = aws.cloudformation.describe_stacks(StackName=name)["Stacks"][0]
-    except ClientError as err:
-        if "does not exist" in str(err):
-            return
-        raise
-    if stack["StackStatus"] == "DELETE_COMPLETE":
-        return
-    for res in aws.cloudformation.describe_stack_resources(StackName=name)["StackResources"]:
-        if res["ResourceType"] == "AWS::S3::Bucket" and res.get("PhysicalResourceId"):
-            remove_bucket(aws, res["PhysicalResourceId"])
-    aws.cloudformation.delete_stack(StackName=stack["StackId"])
-    final = aws.cloudformation.describe_stacks(StackName=stack["StackId"])["Stacks"][0]
-    assert final["StackStatus"] == "DELETE_COMPLETE", final
-
-
-def remove_bucket(aws: Clients, bucket: str) -> None:
-    if bucket not in {b["Name"] for b in aws.s3.list_buckets()["Buckets"]}:
-        return
-    empty_bucket(aws, bucket)
-    for obj in aws.s3.list_objects_v2(Bucket=bucket).get("Contents", []):
-        aws.s3.delete_object(Bucket=bucket, Key=obj["Key"])
-    aws.s3.delete_bucket(Bucket=bucket)
 
 
 def terminate(aws: Clients, instance_ids: list[str]) -> None:
