@@ -1,127 +1,57 @@
-"""The ``phoenixci`` command. Errors print one line and exit 1; ``--debug`` shows tracebacks."""
+"""The ``phoenixci`` command. Errors print one line and exit 1; ``--debug`` shows tracebacks.
+
+This module and the pipeline commands (package, publish, deploy, retire) use only the standard
+library and boto3: the CI agent installs phoenixci without its host-side extras. Commands that
+need them (demo, up, status, down, cloud, image, leaks, clean) live in ``phoenixci.commands``
+and are imported only when run.
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
-from rich.console import Console
-from rich.table import Table
-
-from phoenixci import harness, leaks, stacks
+from phoenixci import stacks
 from phoenixci.backends import DEFAULT_BACKEND, Backend, get_backend
 from phoenixci.errors import ConfigError, PhoenixError
 
-console = Console(stderr=False, width=max(120, Console().width))
-err_console = Console(stderr=True)
 log = logging.getLogger("phoenixci")
+
+
+class _PlainConsole:
+    """What the pipeline commands print with: plain lines (rich is a host-side extra)."""
+
+    def __init__(self, stream: Callable[[], TextIO]) -> None:
+        self._stream = stream
+
+    def print(self, message: object = "", **_: object) -> None:
+        print(message, file=self._stream(), flush=True)
+
+
+console = _PlainConsole(lambda: sys.stdout)
+err_console = _PlainConsole(lambda: sys.stderr)
 
 
 @contextlib.contextmanager
 def _progress(message: str) -> Iterator[None]:
-    with console.status(message, spinner="dots"):
-        yield
+    log.info("%s ...", message)
+    yield
 
 
 def _backend(args: argparse.Namespace) -> Backend:
     return get_backend(args.backend)
 
 
-def _resources_table(stack: stacks.Stack) -> Table:
-    table = Table(title=f"stack {stack.name}: resources")
-    for col in ("logical id", "type", "physical id", "status"):
-        table.add_column(col, overflow="fold")
-    for r in sorted(stack.resources, key=lambda r: (r["ResourceType"], r["LogicalResourceId"])):
-        table.add_row(r["LogicalResourceId"], r["ResourceType"], r["PhysicalResourceId"], r["ResourceStatus"])
-    return table
-
-
-def _outputs_table(stack: stacks.Stack) -> Table:
-    table = Table(title=f"stack {stack.name}: outputs")
-    table.add_column("output", overflow="fold")
-    table.add_column("value", overflow="fold")
-    for key in sorted(stack.outputs):
-        table.add_row(key, stack.outputs[key])
-    return table
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job, as far as it exists: the infrastructure stack on the chosen backend."""
-    run_id = args.run_id or harness.new_run_id()
-    with _progress(f"starting backend {args.backend}"):
-        backend = _backend(args)
-        backend.start()
-    try:
-        console.print(f"backend [bold]{backend.url}[/] at {backend.endpoint_url or 'AWS'}, "
-                      f"account {backend.account_id}, run id [bold]{run_id}[/]")
-        console.print("creating the infrastructure stack ...")
-        with harness.infrastructure(backend, run_id, admin_cidr=args.admin_cidr, keep=args.keep) as infra:
-            console.print(_resources_table(infra.stack))
-            console.print(_outputs_table(infra.stack))
-            if getattr(backend, "cloud", None) is not None:
-                _show_ci_servers(backend, infra)
-            console.print("tearing down ...")
-        if args.keep == "never":
-            console.print(f"[green]torn down: nothing tagged {stacks.RUN_ID_TAG}={run_id} is left[/]")
-        else:
-            console.print(f"[yellow]kept stack {harness.infra_stack_name(run_id)} (--keep={args.keep})[/]")
-    finally:
-        backend.stop()
-    return 0
-
-
-def _show_ci_servers(backend: Backend, infra: harness.Infrastructure) -> None:
-    """On the local cloud the CI server and agent really boot: wait for them, log in over SSH."""
-    import subprocess
-
-    from phoenixci.util import wait_until
-
-    cloud = backend.cloud  # type: ignore[attr-defined]
-    out = infra.stack.outputs
-    servers = {"CI server": (out["CiServerInstanceId"], out["CiServerPrivateIp"]),
-               "CI agent": (out["CiAgentInstanceId"], out["CiAgentPrivateIp"])}
-    with _progress("booting the CI server and agent (systemd, cloud-init, sshd) ..."):
-        wait_until(lambda: all(cloud.runtime.boot_phase(i) == "ready" for i, _ in servers.values()),
-                   timeout=120, interval=0.2, what="the CI instances to finish booting")
-    table = Table(title="instances of the run, booted by the local cloud")
-    for col in ("role", "instance", "private ip", "boot phase", "ssh admin@ip hostname"):
-        table.add_column(col, overflow="fold")
-    for role, (instance_id, ip) in servers.items():
-        known = infra.key.private_key.with_name(f"known_hosts-{instance_id}")
-        known.write_text(f"{ip} {cloud.runtime.ssh_host_key(instance_id)}\n")
-        done = subprocess.run(["ssh", "-i", str(infra.key.private_key), "-o", f"UserKnownHostsFile={known}",
-                               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-                               "-o", "LogLevel=ERROR", f"admin@{ip}", "hostname"],
-                              capture_output=True, text=True, timeout=30)
-        answer = done.stdout.strip() if done.returncode == 0 else f"failed: {done.stderr.strip()}"
-        table.add_row(role, instance_id, ip, cloud.runtime.boot_phase(instance_id), answer)
-    console.print(table)
-
-
-def cmd_leaks(args: argparse.Namespace) -> int:
-    with _backend(args) as backend:
-        left = leaks.leftovers(backend, args.run_id)
-    for item in left:
-        console.print(item)
-    console.print(f"{len(left)} leftover(s)")
-    return 1 if left else 0
-
-
-def cmd_clean(args: argparse.Namespace) -> int:
-    with _backend(args) as backend:
-        removed = leaks.sweep(backend, args.run_id)
-        left = leaks.leftovers(backend, args.run_id)
-    for item in removed:
-        console.print(f"removed {item}")
-    if left:
-        raise PhoenixError(f"still left after clean: {'; '.join(left)}")
-    console.print(f"[green]clean: removed {len(removed)} resource(s), nothing left[/]")
-    return 0
+def _host(name: str) -> str:
+    """A command implemented in phoenixci.commands (resolved only when it runs)."""
+    return f"phoenixci.commands.{name}"
 
 
 def cmd_package(args: argparse.Namespace) -> int:
@@ -179,54 +109,6 @@ def cmd_retire(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cloud(args: argparse.Namespace) -> int:
-    """phoenixci cloud start|status|stop: the local cloud as a background service."""
-    import json
-
-    from phoenixci.localcloud import daemon
-
-    state_dir = Path(args.state_dir)
-    if args.action == "start":
-        console.print(f"starting the local cloud on {state_dir} (the first start builds the base image) ...")
-        ready = daemon.start(state_dir)
-        console.print(f"local cloud ready: API {ready['endpoint_url']}, image {ready['image_id']}; "
-                      f"source {ready['env_file']}")
-        return 0
-    if args.action == "stop":
-        swept = daemon.stop(state_dir)
-        for item in swept:
-            console.print(f"swept leftover {item}")
-        console.print(f"local cloud on {state_dir} stopped; nothing left")
-        return 0
-    info = daemon.status(state_dir)
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return 0 if info.get("running") else 3
-    if not info.get("running"):
-        console.print(f"no local cloud runs on {state_dir}")
-        return 3
-    console.print(f"local cloud on {state_dir}: pid {info['pid']}, API {info.get('endpoint_url')}, "
-                  f"image {info.get('image_id')}")
-    table = Table()
-    for col in ("instance", "state", "private ip", "elastic ip", "boot phase", "error"):
-        table.add_column(col, overflow="fold")
-    for inst in info.get("instances", []):
-        table.add_row(inst["instance_id"], inst["state"], inst["private_ip"], inst.get("elastic_ip") or "",
-                      inst.get("boot_phase") or "", inst.get("error") or "")
-    console.print(table)
-    return 0
-
-
-def cmd_image(args: argparse.Namespace) -> int:
-    """phoenixci image build: the base image of local instances (cached; instant the 2nd time)."""
-    from phoenixci.localcloud.image import build_image
-
-    with _progress("building the base image (about 35 s the first time)"):
-        image = build_image(Path(args.cache_dir), force=args.force)
-    console.print(f"{image.name}  rootfs {image.rootfs}  sha256 {image.manifest['sha256']}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenixci", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
@@ -240,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=["never", "on-failure", "always"], default="never")
     p.add_argument("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR", "127.0.0.1/32"))
     p.add_argument("--run-id", default=None)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=_host("cloud:cmd_demo"))
 
     p = sub.add_parser("leaks", parents=[common], help="list resources tagged by phoenixci runs")
     p.add_argument("--run-id", default=None)
-    p.set_defaults(func=cmd_leaks)
+    p.set_defaults(func=_host("cloud:cmd_leaks"))
     p = sub.add_parser("clean", parents=[common], help="delete what phoenixci runs left behind")
     p.add_argument("--run-id", default=None)
-    p.set_defaults(func=cmd_clean)
+    p.set_defaults(func=_host("cloud:cmd_clean"))
 
     p = sub.add_parser("package", help="package the app at a git revision")
     p.add_argument("--repo", default=".")
@@ -281,13 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=os.environ.get("PHOENIXCI_STATE_DIR", "/var/lib/phoenixci/cloud"),
                    help="where the cloud keeps its state, env file and log [env PHOENIXCI_STATE_DIR]")
     p.add_argument("--json", action="store_true", help="status as JSON")
-    p.set_defaults(func=cmd_cloud)
+    p.set_defaults(func=_host("cloud:cmd_cloud"))
 
     p = sub.add_parser("image", help="the base image of local instances: build (needs root)")
     p.add_argument("action", choices=["build"])
     p.add_argument("--cache-dir", default="/var/cache/phoenixci/images")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
-    p.set_defaults(func=cmd_image)
+    p.set_defaults(func=_host("cloud:cmd_image"))
     return parser
 
 
@@ -301,11 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("moto").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"moto\..*")
     try:
-        return int(args.func(args))
+        func = args.func
+        if isinstance(func, str):
+            module, _, name = func.partition(":")
+            try:
+                func = getattr(importlib.import_module(module), name)
+            except ImportError as e:
+                raise ConfigError(f"`phoenixci {args.command}` needs the host-side extras, which are "
+                                  f"not installed here ({e.name} is missing): pip install 'phoenixci[host]'") from e
+        return int(func(args))
     except PhoenixError as e:
         if args.debug:
             raise
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {e}")
         return 1
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -313,8 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if args.debug:
             raise
-        err_console.print(f"[red]unexpected error:[/] {type(e).__name__}: {e} (rerun with --debug)",
-                          highlight=False, soft_wrap=True)
+        err_console.print(f"unexpected error: {type(e).__name__}: {e} (rerun with --debug)")
         return 1
 
 

@@ -1,22 +1,41 @@
-"""Reading CloudFormation templates and checking parameters before any API call."""
+"""Reading CloudFormation templates and checking parameters before any API call.
+
+PyYAML is a host-side extra: on the CI agent (boto3 and the standard library only) a template
+is sent to CloudFormation unparsed, and CloudFormation itself reports a bad template or missing
+parameters (``stacks.create`` turns its answer into one clear TemplateError).
+"""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from phoenixci.errors import ConfigError, TemplateError
 
-INFRA_DIR = Path(__file__).resolve().parent.parent / "infra"
+#: the templates: ``infra/`` of the checkout, shipped inside the package as ``phoenixci/infra``
+#: (a link to ``../infra``, copied into wheels) so the agent's install finds them too
+INFRA_DIR = Path(__file__).resolve().parent / "infra"
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """A YAML loader that accepts CloudFormation's short-form tags (``!Ref``, ``!Sub`` ...)."""
+@functools.cache
+def _loader() -> Any:
+    """A YAML loader that accepts CloudFormation's short-form tags, or None without PyYAML."""
+    try:
+        import yaml
+    except ImportError:
+        return None
+
+    class CfnLoader(yaml.SafeLoader):
+        """SafeLoader plus ``!Ref``, ``!Sub`` ... as their long forms."""
+
+    CfnLoader.add_multi_constructor("!", _tag)
+    return CfnLoader
 
 
-def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+def _tag(loader: Any, suffix: str, node: Any) -> dict[str, Any]:
+    import yaml
+
     name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
     value: Any
     if isinstance(node, yaml.ScalarNode):
@@ -26,11 +45,9 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     return {name: value}
 
-
-_CfnLoader.add_multi_constructor("!", _tag)
 
 
 @dataclass(frozen=True)
@@ -39,11 +56,11 @@ class Template:
 
     path: Path
     body: str
-    document: dict[str, Any]
+    document: dict[str, Any] | None  # None: not parsed here (no PyYAML); CloudFormation checks it
 
     @property
     def parameters(self) -> dict[str, dict[str, Any]]:
-        return dict(self.document.get("Parameters") or {})
+        return dict((self.document or {}).get("Parameters") or {})
 
     @property
     def required_parameters(self) -> set[str]:
@@ -51,6 +68,8 @@ class Template:
 
     def check_parameters(self, given: dict[str, str]) -> None:
         """Raise ConfigError naming missing or unknown parameters, before the API sees them."""
+        if self.document is None:
+            return
         missing = sorted(self.required_parameters - set(given))
         unknown = sorted(set(given) - set(self.parameters))
         problems = []
@@ -78,8 +97,13 @@ def load_template(name_or_path: str | Path) -> Template:
         body = path.read_text(encoding="utf-8")
     except OSError as e:
         raise TemplateError(f"cannot read template {path}: {e.strerror}") from e
+    loader = _loader()
+    if loader is None:
+        return Template(path=path, body=body, document=None)
+    import yaml
+
     try:
-        document = yaml.load(body, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        document = yaml.load(body, Loader=loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -35,7 +35,7 @@ stamp="$VENV/.phoenixci-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing phoenixci and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -m pip install -q -e '.[host,dev]' 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -c 'import phoenixci.cli, moto, boto3, cfnlint' \
     || { echo "bootstrap: install failed" >&2; exit 1; }
   touch "$stamp"

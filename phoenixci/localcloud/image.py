@@ -24,7 +24,7 @@ from phoenixci.errors import PhoenixError
 
 log = logging.getLogger(__name__)
 
-IMAGE_NAME = "phoenixci-debian-12-v2"
+IMAGE_NAME = "phoenixci-debian-12-v3"
 DEFAULT_CACHE = Path("/var/cache/phoenixci/images")
 SUITE = "bookworm"
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
@@ -51,6 +51,10 @@ PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "cloud-init", "openssh-server", "sudo", "python3",
     "python3-venv", "git", "curl", "iproute2", "nftables", "isc-dhcp-client", "ca-certificates",
     "netbase", "procps",
+    # what the CI roles declare with apt (playbooks/roles/*/tasks): baked in as a golden AMI
+    # would be, so nothing needs the internet at converge time. python3-apt lets Ansible's apt
+    # module run; acl lets it become an unprivileged user; python3-pytest is the app's test runner.
+    "python3-apt", "acl", "python3-pytest",
 )
 # Units that only slow a container's boot down or wait for hardware it does not have.
 MASKED_UNITS = (

@@ -1,0 +1,1 @@
+"""The phoenixci subcommands that need host-side dependencies (imported only when run)."""
