@@ -75,13 +75,19 @@ def _ingress(ec2: Any, group_id: str) -> set[tuple[int, str]]:
         assert perm["FromPort"] == perm["ToPort"], f"port ranges are not wanted: {perm}"
         for r in perm.get("IpRanges", []):
             rules.add((perm["FromPort"], r["CidrIp"]))
+        for g in perm.get("UserIdGroupPairs", []):
+            rules.add((perm["FromPort"], g["GroupId"]))
     return rules
 
 
 def test_security_groups(phoenix_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
     out = phoenix_infra.stack.outputs
     admin = phoenix_infra.stack.parameters["AdminCidr"]
-    assert _ingress(ec2, out["CiSecurityGroupId"]) == {(22, admin), (8010, admin), (9989, vpc_cidr)}
+    agent = out["CiAgentSecurityGroupId"]
+    # the CI server: SSH and the web UI for the admin; git fetch and the worker port for the agent only
+    assert _ingress(ec2, out["CiSecurityGroupId"]) == {(22, admin), (8010, admin), (22, agent), (9989, agent)}
+    # the agent accepts nothing but the admin's SSH (its worker connects out to the master)
+    assert _ingress(ec2, agent) == {(22, admin)}
     assert _ingress(ec2, out["AppSecurityGroupId"]) == {(8080, "0.0.0.0/0"), (22, vpc_cidr)}
 
 
@@ -145,11 +151,12 @@ def test_instance_profiles_hold_their_roles(phoenix_infra: Infrastructure, iam: 
 
 def test_ci_instances(phoenix_infra: Infrastructure, ec2: Any, iam: Any) -> None:
     out = phoenix_infra.stack.outputs
-    for key, profile in (("CiServerInstanceId", None), ("CiAgentInstanceId", "AgentInstanceProfile")):
+    for key, profile, group in (("CiServerInstanceId", None, "CiSecurityGroupId"),
+                                ("CiAgentInstanceId", "AgentInstanceProfile", "CiAgentSecurityGroupId")):
         inst = ec2.describe_instances(InstanceIds=[out[key]])["Reservations"][0]["Instances"][0]
         assert inst["State"]["Name"] == "running"
         assert inst["SubnetId"] == out["SubnetId"]
-        assert [g["GroupId"] for g in inst["SecurityGroups"]] == [out["CiSecurityGroupId"]]
+        assert [g["GroupId"] for g in inst["SecurityGroups"]] == [out[group]]
         assert inst["MetadataOptions"]["HttpTokens"] == "required"
         assert inst["MetadataOptions"]["HttpEndpoint"] == "enabled"
         assert inst["KeyName"] == phoenix_infra.key.name

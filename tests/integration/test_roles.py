@@ -164,3 +164,14 @@ class TestAgentRole:
 def _running(ec2: Any) -> set[str]:
     return {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
             if i["State"]["Name"] in {"pending", "running"}}
+
+
+def test_agent_reads_its_own_infrastructure_stack_only(agent_role: Any, phoenix_backend: Any,
+                                                      phoenix_infra: Infrastructure) -> None:
+    """The pipeline's deploy step reads the bucket, subnet and groups from the infrastructure
+    stack's outputs: DescribeStacks on that one stack, and no other stack outside app-*."""
+    cfn = phoenix_backend.client("cloudformation", agent_role)
+    found = cfn.describe_stacks(StackName=phoenix_infra.stack.name)["Stacks"]
+    assert found[0]["Outputs"]
+    denied(cfn.describe_stacks, StackName="phoenixci-someone-else")
+    denied(cfn.delete_stack, StackName=phoenix_infra.stack.name)

@@ -38,7 +38,7 @@ PUBLIC_KEY = (b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ8ZcJf2zv7wYtqkS0V5q4x6l0wq
               b"phoenixci-test")
 
 INFRA_OUTPUTS = {
-    "VpcId", "SubnetId", "ArtifactBucket", "ArtifactBucketArn", "CiSecurityGroupId",
+    "VpcId", "SubnetId", "ArtifactBucket", "ArtifactBucketArn", "CiSecurityGroupId", "CiAgentSecurityGroupId",
     "AppSecurityGroupId", "AppRoleArn", "AppRoleName", "AppInstanceProfile", "AgentRoleArn",
     "AgentRoleName", "AgentInstanceProfile", "CiServerRoleArn", "CiServerInstanceId",
     "CiServerPrivateIp", "CiServerPublicIp", "CiAgentInstanceId", "CiAgentPrivateIp",
