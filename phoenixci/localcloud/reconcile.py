@@ -8,6 +8,11 @@ the instance's namespace; associated Elastic IPs are forwarded from the host.
 
 Pure functions (``desired_*``) compute what should exist from a snapshot; ``Reconciler`` applies
 the difference and records per-instance phases and errors for ``phoenixci cloud status``.
+
+Before a pass stops or destroys any instance's container it calls ``release`` with those
+instances: no Elastic IP may still lead new connections to a server that is going away (the
+local cloud retargets its forwarders from moto's current state there). If that fails, the
+pass leaves those containers alone and tries again next time.
 """
 from __future__ import annotations
 
@@ -88,6 +93,9 @@ class InstanceRecord:
     error: str | None = None
     started_at: float | None = None
     ready_at: float | None = None
+    private_ip: str = ""
+    #: a pass has acted on it and read its phase at least once
+    converged: bool = False
 
 
 @dataclass
@@ -100,6 +108,8 @@ class Reconciler:
     ensure_gone: Callable[[str], None]
     phase_of: Callable[[str], str]
     apply_network: Callable[[Snapshot], None] = lambda snap: None
+    #: called with {instance id: private IP} of the instances this pass will stop or destroy
+    release: Callable[[dict[str, str]], None] = lambda leaving: None
     interval: float = 0.2
     records: dict[str, InstanceRecord] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -134,27 +144,55 @@ class Reconciler:
                 if attempt == 2:
                     raise
         with self._lock:
+            forgotten = set(self.records) - set(snap.instances)
+            leaving = {v.instance_id: v.private_ip for v in snap.instances.values() if self._leaving(v)}
+            leaving.update({i: self.records[i].private_ip for i in forgotten})
+            held = False
+            if leaving:
+                try:
+                    self.release(leaving)
+                except Exception as e:  # noqa: BLE001 - keep those containers this pass, retry next
+                    log.error("not stopping %s this pass: %s", ", ".join(sorted(leaving)), e)
+                    held = True
             for view in snap.instances.values():
-                self._converge(view)
-            for gone in set(self.records) - set(snap.instances):
+                if not (held and view.instance_id in leaving):
+                    self._converge(view)
+            for gone in () if held else forgotten:
                 self._act(gone, functools.partial(self.ensure_gone, gone))
                 if self.records[gone].error is None:
                     del self.records[gone]  # moto forgot it and its container is gone
             self.apply_network(snap)
             self.passes += 1
 
+    def _idle(self, view: InstanceView) -> bool:
+        """True when the last pass left ``view``'s container as its stopped/gone state wants."""
+        record = self.records.get(view.instance_id)
+        if record is None or not record.converged or record.error is not None:
+            return False
+        if view.state in GONE_STATES:
+            return record.phase == "absent"
+        return view.state in STOPPED_STATES and record.phase in {"absent", "stopped"}
+
+    def _leaving(self, view: InstanceView) -> bool:
+        """This pass will stop or destroy ``view``'s container (it may still be running)."""
+        return view.state not in RUNNING_STATES and not self._idle(view)
+
     def _converge(self, view: InstanceView) -> None:
+        idle = self._idle(view)  # already stopped / destroyed: nothing to do (and nothing to log)
         record = self.records.setdefault(view.instance_id, InstanceRecord(view.instance_id))
+        record.private_ip = view.private_ip
         if view.state in RUNNING_STATES:
             if record.started_at is None or record.phase in {"absent", "stopped"}:
                 record.started_at = time.monotonic()
                 record.ready_at = None
             self._act(view.instance_id, lambda: self.ensure_running(view))
         elif view.state in STOPPED_STATES:
-            self._act(view.instance_id, lambda: self.ensure_stopped(view.instance_id))
+            if not idle:
+                self._act(view.instance_id, lambda: self.ensure_stopped(view.instance_id))
             record.started_at = None
-        elif view.state in GONE_STATES:
+        elif view.state in GONE_STATES and not idle:
             self._act(view.instance_id, lambda: self.ensure_gone(view.instance_id))
+        record.converged = True
         try:
             record.phase = self.phase_of(view.instance_id)
         except Exception as e:  # noqa: BLE001 - report, do not stop the pass

@@ -3,11 +3,19 @@ the new one serves.
 
 1. create stack ``app-<revision>`` from ``infra/app-server.yaml`` and wait for it;
 2. health-gate the new instance (``/health`` 200 and ``/version`` equal to the revision);
-3. move the app Elastic IP to it (and check the move);
-4. retire the older ``app-*`` stacks.
+3. move the app Elastic IP to it (and check the move in the API);
+4. wait until the address itself serves the new revision (``address_check``: AWS applies an
+   association with a delay): ``http`` polls ``/version`` through the public address until it
+   names the revision (``address_timeout``); ``none`` trusts the API; ``auto`` (default) is
+   ``none`` for an address in 127.0.0.0/8 — the local cloud's host-side listener, which it
+   retargets before AssociateAddress returns, and which from inside an instance would be the
+   instance's own loopback — and ``http`` otherwise;
+5. drain: give the old server's open connections ``drain`` seconds to finish (like an ELB
+   deregistration delay; skipped when no server held the address);
+6. retire the older ``app-*`` stacks.
 
-Any failure in 1–3 deletes the new stack and leaves the Elastic IP and the old server alone
-(if the address had already moved, it is moved back). A failure in 4 is reported; the new
+Any failure in 1–4 deletes the new stack and leaves the Elastic IP and the old server alone
+(if the address had already moved, it is moved back). A failure in 6 is reported; the new
 server keeps serving.
 """
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +31,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from phoenixci import stacks
 from phoenixci.errors import ConfigError, DeployError, PhoenixError
-from phoenixci.pipeline.health import HealthCheck, Target, http_health_check
+from phoenixci.pipeline.health import (
+    HealthCheck,
+    Target,
+    address_check_mode,
+    http_health_check,
+    wait_for_address,
+)
 from phoenixci.pipeline.retire import RetireError, app_stack_name, retire
 from phoenixci.templates import Template, load_template
 
@@ -30,6 +45,10 @@ log = logging.getLogger(__name__)
 
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: seconds the old server keeps its open connections after the move (an ELB deregistration delay)
+DEFAULT_DRAIN = 5.0
+DEFAULT_ADDRESS_TIMEOUT = 120.0
+_sleep = time.sleep  # the drain wait (tests replace it)
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,10 @@ class DeployResult:
     retired: list[str] = field(default_factory=list)
     retire_error: str | None = None
     already_live: bool = False
+    #: how the moved address was checked: "http" (probed until it served the revision) or "none"
+    address_check: str = "none"
+    #: seconds the old server was given to finish its open connections before retiring
+    drained: float = 0.0
 
 
 def _check_inputs(revision: str, sha256: str, env: Environment) -> None:
@@ -120,12 +143,20 @@ def _instance_address(ec2: Any, instance_id: str) -> str:
 def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, artifact_key: str,
            artifact_sha256: str, health_check: HealthCheck = http_health_check,
            health_timeout: float = 300.0, stack_timeout: float = stacks.DEFAULT_TIMEOUT,
-           template: Template | None = None) -> DeployResult:
-    """Release ``revision`` on a new server; see the module docstring for the steps."""
+           template: Template | None = None, address_check: str = "auto",
+           address_timeout: float = DEFAULT_ADDRESS_TIMEOUT, drain: float = DEFAULT_DRAIN) -> DeployResult:
+    """Release ``revision`` on a new server; see the module docstring for the steps.
+
+    ``address_check`` ("auto" | "http" | "none"), ``address_timeout`` and ``drain`` (seconds)
+    control steps 4 and 5.
+    """
     _check_inputs(revision, artifact_sha256, env)
+    if drain < 0 or address_timeout <= 0:
+        raise ConfigError(f"drain ({drain:g}s) must be >= 0 and address timeout ({address_timeout:g}s) > 0")
     template = template or load_template("app-server")
     name = app_stack_name(revision)
     previous, public_ip = eip_holder(ec2, env.eip_allocation_id)
+    check = address_check_mode(address_check, public_ip)
 
     existing = stacks.describe(cfn, name)
     if existing is not None and existing.status == "CREATE_COMPLETE" and previous is not None and \
@@ -155,6 +186,8 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
         health_check(Target(instance_id, address, env.app_port, revision), health_timeout)
         moved = True  # from here on the address may have moved, even if the call fails
         move_eip(ec2, env.eip_allocation_id, instance_id)
+        if check == "http":
+            wait_for_address(public_ip, env.app_port, revision, address_timeout)
     except (PhoenixError, ClientError, BotoCoreError) as e:
         _undo(cfn, ec2, s3, env, name, previous, moved, stack_timeout)
         raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
@@ -163,7 +196,11 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
         raise
     log.info("%s now serves %s at %s", instance_id, revision, public_ip)
 
-    result = DeployResult(revision, name, instance_id, address, public_ip, previous)
+    result = DeployResult(revision, name, instance_id, address, public_ip, previous, address_check=check)
+    if previous is not None and drain > 0:
+        log.info("draining %s for %gs before retiring it", previous, drain)
+        _sleep(drain)
+        result.drained = drain
     try:
         result.retired = retire(cfn, s3, keep=name, run_id=env.run_id, timeout=stack_timeout).retired
     except RetireError as e:

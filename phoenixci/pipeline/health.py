@@ -1,6 +1,11 @@
-"""The health gate: a new app server must answer /health and report the expected revision."""
+"""The health gate: a new app server must answer /health and report the expected revision.
+
+Also the address check after the app Elastic IP moved: the address itself must serve the new
+revision before the old server is retired (``address_check_mode``, ``wait_for_address``).
+"""
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import urllib.error
@@ -8,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Protocol
 
-from phoenixci.errors import HealthCheckError
+from phoenixci.errors import ConfigError, HealthCheckError
 from phoenixci.util import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -78,3 +83,56 @@ def http_health_check(target: Target, timeout: float) -> None:
             f"within {timeout:g}s: /health={last.health_status}, /version={last.version}, "
             f"error={last.error}", last_state=last) from e
     log.info("health gate passed: %s serves %s", target.instance_id, target.revision)
+
+
+#: how deploy() makes sure the moved Elastic IP serves the new revision before retiring the old server
+ADDRESS_CHECKS = ("auto", "http", "none")
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+class AddressCheckError(HealthCheckError):
+    """The app's public address did not serve the new revision in time after the move."""
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address) in _LOOPBACK
+    except ValueError:
+        return False
+
+
+def address_check_mode(mode: str, address: str) -> str:
+    """Resolve ``mode`` for the public ``address`` to "http" (probe it) or "none" (do not).
+
+    ``http``: poll ``/version`` through the address (AWS: the public IP, which applies an
+    association with a delay). ``none``: trust the API's association. ``auto``: ``none`` for an
+    address in 127.0.0.0/8 — the local cloud's host-side Elastic IP listener, which the local
+    cloud retargets before AssociateAddress returns; probing it from where deploy runs proves
+    nothing (inside an instance 127.x is the instance's own loopback) — else ``http``. 127/8 is
+    probed only when the caller asks for ``http`` explicitly.
+    """
+    if mode not in ADDRESS_CHECKS:
+        raise ConfigError(f"address check {mode!r}: use one of {', '.join(ADDRESS_CHECKS)}")
+    if mode == "auto":
+        return "none" if is_loopback(address) else "http"
+    return mode
+
+
+def wait_for_address(address: str, port: int, revision: str, timeout: float) -> Observation:
+    """Wait until ``http://address:port`` answers /health 200 and /version names ``revision``."""
+    last = Observation()
+
+    def check() -> bool:
+        nonlocal last
+        last = probe(address, port)
+        return last.healthy_for(revision)
+
+    try:
+        wait_until(check, timeout=timeout, interval=0.5, what=f"{address}:{port} to serve {revision}")
+    except WaitTimeout as e:
+        raise AddressCheckError(
+            f"the app address {address}:{port} did not serve {revision} within {timeout:g}s after the "
+            f"move: /health={last.health_status}, /version={last.version}, error={last.error}",
+            last_state=last) from e
+    log.info("address check passed: %s:%d serves %s", address, port, revision)
+    return last
