@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from phoenixci import stacks
 from phoenixci.backends import DEFAULT_BACKEND, Backend, get_backend
@@ -57,7 +57,7 @@ def _host(name: str) -> str:
 def cmd_package(args: argparse.Namespace) -> int:
     from phoenixci.pipeline.package import package
 
-    result = package(Path(args.repo), args.revision, build=args.build, out_dir=Path(args.out))
+    result = package(Path(args.repo), args.revision, build=args.build, out_dir=Path(args.out), subdir=args.subdir)
     console.print(f"{result.path}  sha256 {result.sha256}  revision {result.revision}")
     return 0
 
@@ -66,10 +66,39 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from phoenixci.pipeline.publish import publish
 
     with _backend(args) as backend:
-        result = publish(backend.client("s3"), args.bucket, Path(args.artifact), revision=args.revision)
+        bucket = args.bucket or _infra(backend, _infra_name(args)).output("ArtifactBucket")
+        result = publish(backend.client("s3"), bucket, Path(args.artifact), revision=args.revision)
     state = "already published" if result.already_published else "published"
     console.print(f"{state} {result.url} sha256 {result.sha256}")
     return 0
+
+
+def _environment() -> Any:
+    """The environment `phoenixci up` made on this machine (None if there is none)."""
+    from phoenixci.env.state import EnvState, env_dir
+
+    try:
+        return EnvState.load(env_dir())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _default_backend() -> str:
+    if os.environ.get("PHOENIXCI_BACKEND"):
+        return os.environ["PHOENIXCI_BACKEND"]
+    env = _environment()
+    return str(env.backend) if env is not None and env.phase == "up" else DEFAULT_BACKEND
+
+
+def _infra_name(args: argparse.Namespace) -> str:
+    name = getattr(args, "infra_stack", None) or os.environ.get("PHOENIXCI_INFRA_STACK")
+    if not name:
+        env = _environment()
+        name = env.infra_stack if env is not None else None
+    if not name:
+        raise ConfigError("which infrastructure stack? pass --infra-stack NAME (or set PHOENIXCI_INFRA_STACK, "
+                          "or run `phoenixci up` first)")
+    return str(name)
 
 
 def _infra(backend: Backend, name: str) -> stacks.Stack:
@@ -82,14 +111,25 @@ def _infra(backend: Backend, name: str) -> stacks.Stack:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from phoenixci.pipeline.deploy import Environment, deploy
+    from phoenixci.pipeline.publish import find_published
 
+    revision = args.revision or os.environ.get("PHOENIXCI_REVISION", "")
+    if len(revision) != 40 or any(c not in "0123456789abcdef" for c in revision):
+        raise ConfigError(f"--revision {revision!r} is not a full 40-character git sha (use `git rev-parse HEAD`)")
     with _backend(args) as backend:
-        infra = _infra(backend, args.infra_stack)
-        env = Environment.from_infra_stack(infra, endpoint_url=args.instance_endpoint or "")
-        with _progress(f"deploying {args.revision}"):
+        infra = _infra(backend, _infra_name(args))
+        endpoint = args.instance_endpoint or getattr(_environment(), "instance_endpoint", "") or ""
+        env = Environment.from_infra_stack(infra, endpoint_url=endpoint)
+        key, sha256 = args.artifact_key, args.sha256
+        if not (key and sha256):  # a rollback: the artifact this revision was published with
+            published = find_published(backend.client("s3"), env.artifact_bucket, revision)
+            key, sha256 = key or published.key, sha256 or published.sha256
+        with _progress(f"deploying {revision}"):
             result = deploy(backend.client("cloudformation"), backend.client("ec2"), backend.client("s3"),
-                            env, revision=args.revision, artifact_key=args.artifact_key,
-                            artifact_sha256=args.sha256, health_timeout=args.health_timeout)
+                            env, revision=revision, artifact_key=key,
+                            artifact_sha256=sha256, health_timeout=args.health_timeout,
+                            address_check=args.address_check, address_timeout=args.address_timeout,
+                            drain=args.drain)
     console.print(f"{result.revision} serves on {result.instance_id} at {result.public_ip}; "
                   f"retired: {', '.join(result.retired) or 'none'}")
     if result.retire_error:
@@ -101,7 +141,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
     from phoenixci.pipeline.retire import app_stack_name, retire
 
     with _backend(args) as backend:
-        infra = _infra(backend, args.infra_stack)
+        infra = _infra(backend, _infra_name(args))
         result = retire(backend.client("cloudformation"), backend.client("s3"),
                         keep=app_stack_name(args.keep_revision),
                         run_id=infra.tags.get(stacks.RUN_ID_TAG, ""))
@@ -113,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenixci", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", default=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND),
+    common.add_argument("--backend", default=_default_backend(),
                         help="moto:// (default), aws://?region=R&profile=P, localstack://HOST:PORT "
                              "[env PHOENIXCI_BACKEND]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -136,26 +176,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default="HEAD")
     p.add_argument("--build", default=os.environ.get("BUILD_NUMBER", "0"))
     p.add_argument("--out", default="dist")
+    p.add_argument("--subdir", default="app",
+                   help="the app's directory in the repository ('.' when the repository is the app)")
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("publish", parents=[common], help="upload a packaged artifact to S3")
     p.add_argument("artifact")
-    p.add_argument("--bucket", required=True)
+    p.add_argument("--bucket", default=None,
+                   help="default: the ArtifactBucket output of the infrastructure stack")
+    p.add_argument("--infra-stack", default=None,
+                   help="[env PHOENIXCI_INFRA_STACK; default: the environment `phoenixci up` made]")
     p.add_argument("--revision", default=None)
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("deploy", parents=[common], help="release a revision on a new app server")
-    p.add_argument("--infra-stack", required=True)
-    p.add_argument("--revision", required=True)
-    p.add_argument("--artifact-key", required=True)
-    p.add_argument("--sha256", required=True)
+    p.add_argument("--infra-stack", default=None,
+                   help="[env PHOENIXCI_INFRA_STACK; default: the environment `phoenixci up` made]")
+    p.add_argument("--revision", default=None, help="full git sha [env PHOENIXCI_REVISION]")
+    p.add_argument("--artifact-key", default=None, help="default: the artifact published for the revision")
+    p.add_argument("--sha256", default=None, help="default: the sha256 it was published with")
     p.add_argument("--health-timeout", type=float, default=300.0)
     p.add_argument("--instance-endpoint", default=os.environ.get("PHOENIXCI_INSTANCE_ENDPOINT", ""),
                    help="AWS endpoint URL as seen from the instances (local cloud only)")
+    p.add_argument("--address-check", choices=["auto", "http", "none"], default="auto",
+                   help="after moving the Elastic IP, wait until it serves the new revision: http = probe "
+                        "/version through it; none = trust the API; auto (default) = none for a 127.0.0.0/8 "
+                        "address (the local cloud applies moves before the API returns), else http")
+    p.add_argument("--address-timeout", type=float, default=120.0, help="seconds for the address check")
+    p.add_argument("--drain", type=float, default=5.0,
+                   help="seconds the old server keeps its open connections before it is retired")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("retire", parents=[common], help="delete app stacks older than a revision")
-    p.add_argument("--infra-stack", required=True)
+    p.add_argument("--infra-stack", default=None)
     p.add_argument("--keep-revision", required=True)
     p.set_defaults(func=cmd_retire)
     p = sub.add_parser("cloud", help="the local cloud: start | status | stop (needs root)")
@@ -164,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the cloud keeps its state, env file and log [env PHOENIXCI_STATE_DIR]")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.set_defaults(func=_host("cloud:cmd_cloud"))
+
+    envdir = argparse.ArgumentParser(add_help=False)
+    envdir.add_argument("--env-dir", default=None,
+                        help="where the environment keeps its state [env PHOENIXCI_ENV_DIR, "
+                             "default /var/lib/phoenixci/env]")
+    p = sub.add_parser("up", parents=[common, envdir],
+                       help="bring a whole environment up: cloud, stack, CI server and agent, the app")
+    p.add_argument("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR"),
+                   help="the only network allowed to reach SSH and the CI web UI (required on aws://)")
+    p.add_argument("--keep-on-failure", action="store_true", help="keep what a failed up made, to look at it")
+    p.set_defaults(func=_host("env:cmd_up"))
+    p = sub.add_parser("status", parents=[envdir], help="the environment: URLs, logins, live revision, builds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_host("env:cmd_status"))
+    p = sub.add_parser("down", parents=[envdir], help="tear the environment down and prove nothing is left")
+    p.set_defaults(func=_host("env:cmd_down"))
+    p = sub.add_parser("converge", parents=[envdir], help="run the playbook against the environment again")
+    p.set_defaults(func=_host("env:cmd_converge"))
 
     p = sub.add_parser("image", help="the base image of local instances: build (needs root)")
     p.add_argument("action", choices=["build"])

@@ -148,14 +148,13 @@ class LocalCloud:
         self._imds: dict[str, Any] = {}        # gateway ip → ImdsServer
         self._mirrors: dict[str, Any] = {}     # gateway ip → MirrorServer (wheelhouse)
         self._bridges: dict[str, Any] = {}     # subnet cidr → Bridge
-        self._forwarding: Any = None
-        self._rules: dict[str, str] = {}       # instance id → applied nftables ruleset
+        self._net: Any = None                  # NetworkSync: security groups + Elastic IPs
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> CloudInfo:
-        from phoenixci.localcloud.eip import EipForwarding
         from phoenixci.localcloud.image import build_image
         from phoenixci.localcloud.mirror import fill_wheelhouse
+        from phoenixci.localcloud.netsync import NetworkSync
         from phoenixci.localcloud.runtime import Runtime
 
         if os.geteuid() != 0:
@@ -172,10 +171,14 @@ class LocalCloud:
         self.api.start()
         try:
             self.image_id = self._register_image()
-            self._forwarding = EipForwarding()
+            self._serve_consoles()
+            self._net = NetworkSync(read=self._read, ec2=self._ec2, running=self.runtime.list,
+                                    netns_name=self.runtime.netns_name,
+                                    gateway_of=lambda cidr: self._bridges[cidr].gateway_ip).start()
             self.reconciler = Reconciler(read=self._read, ensure_running=self._ensure_running,
                                          ensure_stopped=self.runtime.stop, ensure_gone=self.runtime.destroy,
-                                         phase_of=self.runtime.boot_phase, apply_network=self._apply_network)
+                                         phase_of=self.runtime.boot_phase, apply_network=self._net.apply,
+                                         release=self._net.release)
             self.reconciler.start()
         except BaseException:
             self.stop()
@@ -183,6 +186,14 @@ class LocalCloud:
         info = self.info()
         write_env_file(self.state_dir / "env", info.env())
         return info
+
+    def _serve_consoles(self) -> None:
+        """GetConsoleOutput shows each instance's real console (see localcloud/console.py)."""
+        from phoenixci.localcloud.console import console_text
+        from phoenixci.localcloud.patches import console_output
+
+        instances = self.runtime.state_dir / "instances"
+        console_output.set_source(lambda iid: console_text(instances / iid) if iid.startswith("i-") else None)
 
     def info(self) -> CloudInfo:
         admin = self.api.admin
@@ -195,9 +206,9 @@ class LocalCloud:
         if self.reconciler is not None:
             self.reconciler.stop()
             self.reconciler = None
-        if self._forwarding is not None:
-            self._forwarding.close()
-            self._forwarding = None
+        if self._net is not None:
+            self._net.close()
+            self._net = None
         for gateway in list(self._mirrors):
             self._mirrors.pop(gateway).stop()
         for gateway in list(self._imds):
@@ -268,7 +279,7 @@ class LocalCloud:
             bridge = self.runtime.ensure_bridge(cidr)
             self._bridges[cidr] = bridge
             self.api.listen_on(bridge.gateway_ip)
-            self._forwarding.allow_network(cidr)
+            self._net.forwarding.allow_network(cidr)
             self._imds[bridge.gateway_ip] = self._start_imds(bridge.gateway_ip)
             assert self.wheelhouse is not None
             self._mirrors[bridge.gateway_ip] = MirrorServer(self.wheelhouse, host=bridge.gateway_ip,
@@ -288,7 +299,7 @@ class LocalCloud:
         if self.runtime.boot_phase(view.instance_id) not in {"absent", "stopped"}:
             return  # already booting or running (or failed: reported by its phase)
         bridge = self._bridge(view.subnet_cidr)
-        self._rules.pop(view.instance_id, None)  # a new namespace needs its rules again
+        self._net.forget(view.instance_id)  # a new namespace needs its rules again
         network = ipaddress.ip_network(view.subnet_cidr)
         spec = InstanceSpec(instance_id=view.instance_id, private_ip=view.private_ip,
                             prefix_len=network.prefixlen, gateway_ip=bridge.gateway_ip,
@@ -296,26 +307,3 @@ class LocalCloud:
                             hostname="ip-" + view.private_ip.replace(".", "-"),
                             imds_port=self._imds[bridge.gateway_ip].port, bridge=bridge.name)
         self.runtime.start(spec, self.image)
-
-    def _apply_network(self, snap: Snapshot) -> None:
-        from phoenixci.localcloud import secgroups
-        from phoenixci.localcloud.eip import Target
-
-        members: dict[str, set[str]] = {}
-        for view in snap.instances.values():
-            for gid in view.group_ids:
-                members.setdefault(gid, set()).add(view.private_ip)
-        desired = {}
-        for view in snap.instances.values():
-            if view.state not in {"pending", "running"} or view.instance_id not in self.runtime.list():
-                continue
-            groups = [secgroups.from_moto(snap.groups[g]) for g in view.group_ids if g in snap.groups]
-            gateway = self._bridges[view.subnet_cidr].gateway_ip
-            ruleset = secgroups.render_nft(groups, gateway_ip=gateway, members=members)
-            if self._rules.get(view.instance_id) != ruleset:
-                secgroups.apply_nft(self.runtime.netns_name(view.instance_id), ruleset)
-                self._rules[view.instance_id] = ruleset
-            for ip, iid in snap.addresses.items():
-                if iid == view.instance_id:
-                    desired[ip] = Target(view.private_ip, secgroups.allowed_public_ports(groups))
-        self._forwarding.apply(desired)

@@ -21,8 +21,10 @@ from phoenixci.errors import PhoenixError
 log = logging.getLogger(__name__)
 
 DEFAULT_WHEELHOUSE = Path("/var/cache/phoenixci/wheelhouse")
-#: what instances can install: the AWS CLI (tests and users), boto3 (scripts)
-DEFAULT_REQUIREMENTS = ("awscli>=1.32", "boto3>=1.34")
+#: what the CI roles install (playbooks/group_vars/all.yml pins the same; a unit test checks)
+CI_REQUIREMENTS = ("buildbot>=4.3,<4.4", "buildbot-www>=4.3,<4.4", "buildbot-worker>=4.3,<4.4", "boto3>=1.34")
+#: what instances can install: the AWS CLI (tests and users), boto3 (scripts), the CI's packages
+DEFAULT_REQUIREMENTS = ("awscli>=1.32", *CI_REQUIREMENTS)
 
 
 class MirrorError(PhoenixError):

@@ -217,3 +217,31 @@ def fetch_and_verify(s3_client: Any, bucket: str, key: str, dest: Path) -> Path:
         raise
     log.info("fetched s3://%s/%s to %s (sha256 %s verified)", bucket, key, target, actual)
     return target
+
+
+@dataclass(frozen=True)
+class Published:
+    """A revision's artifact already in the bucket (what a rollback redeploys)."""
+
+    bucket: str
+    key: str
+    sha256: str
+    revision: str
+
+
+def find_published(s3_client: Any, bucket: str, revision: str, *, prefix: str = "app") -> Published:
+    """The artifact published for ``revision``, with the sha256 it was published with."""
+    from phoenixci.pipeline.package import artifact_name
+
+    key = f"{prefix.strip('/')}/{revision}/{artifact_name(revision)}"
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read()
+    except ClientError as e:
+        if _code(e) in ("NoSuchKey", "404"):
+            raise PublishError(f"revision {revision} was never published to s3://{bucket}/{key}: "
+                               "push it through the pipeline first (or check the sha)") from e
+        raise _translate(e, bucket, key + ".sha256", "read") from e
+    except BotoCoreError as e:
+        raise _translate(e, bucket, key + ".sha256", "read") from e
+    sha256 = _read_sha256_file(body.decode(errors="replace"), artifact_name(revision))
+    return Published(bucket=bucket, key=key, sha256=sha256, revision=revision)

@@ -35,6 +35,8 @@ _MODULES = (
     "phoenixci.localcloud.patches.cfn_delete",
     "phoenixci.localcloud.patches.cfn_bucket_policy",
     "phoenixci.localcloud.patches.eip_semantics",
+    "phoenixci.localcloud.patches.eip_events",  # after eip_semantics: a move is one outermost call
+    "phoenixci.localcloud.patches.console_output",
 )
 
 _lock = threading.Lock()
