@@ -18,6 +18,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v curl >/dev/null || need_apt+=(curl)
+# the acceptance tests look at Buildbot's web UI as a visitor would: Debian's headless Chromium
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: missing ${need_apt[*]}; run as root or install them" >&2; exit 1
@@ -36,7 +38,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing phoenixci and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q -e '.[host,dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c 'import phoenixci.cli, moto, boto3, cfnlint' \
+  "$VENV/bin/python" -c 'import phoenixci.cli, moto, boto3, cfnlint, ansible, testinfra' \
     || { echo "bootstrap: install failed" >&2; exit 1; }
   touch "$stamp"
 fi

@@ -1,6 +1,6 @@
 """The WSGI application and a stdlib server for it.
 
-Routes: ``/`` (HTML), ``/health`` (JSON readiness), ``/version`` (JSON from the package
+Routes: ``/`` (HTML: ``templates/index.html``), ``/health`` (JSON readiness), ``/version`` (JSON from the package
 manifest), anything else 404 (JSON). Configuration comes from the environment:
 ``PHOENIXAPP_MANIFEST`` (manifest path), ``HOST`` and ``PORT`` (listen address).
 """
@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import os
+import string
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -70,18 +71,21 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> l
     return [payload]
 
 
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "index.html"
+
+
+def render_home(name: str = "") -> bytes:
+    """The home page: ``templates/index.html`` with its ``${…}`` fields filled in, HTML-escaped."""
+    version = read_version()
+    fields = {"greeting": greeting(name), "version": app_version(), "revision": version["revision"],
+              "build": version["build"]}
+    page = string.Template(TEMPLATE.read_text(encoding="utf-8"))
+    return page.safe_substitute({k: html.escape(v) for k, v in fields.items()}).encode()
+
+
 def _home(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     query = parse_qs(environ.get("QUERY_STRING", ""))
-    name = query.get("name", [""])[0]
-    version = read_version()
-    page = (
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>phoenixapp</title></head>\n"
-        f"<body><h1>{html.escape(greeting(name))}</h1>\n"
-        f"<p>version <code id=\"version\">{html.escape(app_version())}</code>, "
-        f"revision <code id=\"revision\">{html.escape(version['revision'])}</code>, "
-        f"build <code id=\"build\">{html.escape(version['build'])}</code></p>\n"
-        "</body></html>\n"
-    ).encode()
+    page = render_home(query.get("name", [""])[0])
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                               ("Content-Length", str(len(page)))])
     return [page]

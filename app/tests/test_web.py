@@ -61,6 +61,17 @@ def test_home_shows_greeting_and_revision(manifest: Path) -> None:
     assert ("a" * 40).encode() in body
 
 
+def test_home_is_the_static_template_filled_in(manifest: Path) -> None:
+    """The page is templates/index.html: what a user edits there is what the app serves."""
+    template = web.TEMPLATE.read_text(encoding="utf-8")
+    _, _, body = call("/", query="name=<b>")
+    page = body.decode()
+    static = template.split("<h1", 1)[0]
+    assert page.startswith(static)
+    assert "${" not in page
+    assert "&lt;b&gt;" in page and "<b>" not in page
+
+
 def test_unknown_path_is_404_json() -> None:
     status, headers, body = call("/nope")
     assert status == "404 Not Found"

@@ -13,7 +13,7 @@ from phoenixci.env import lifecycle
 from phoenixci.env.state import env_dir
 from phoenixci.env.status import load_up, status
 
-console = Console(stderr=False, width=max(120, Console().width))
+console = Console(stderr=False, width=max(120, Console().width), soft_wrap=True)
 
 
 def _say(message: str) -> None:
@@ -63,8 +63,8 @@ def _show(info: dict) -> None:
     console.print(f"CI         {info['ci_url']}  (admin login: {info['ci_admin']['user']} / "
                   f"{info['ci_admin']['password']})", highlight=False)
     console.print(f"git remote {info['git_remote']}", highlight=False)
-    console.print(f"           GIT_SSH_COMMAND='ssh -i {info['ssh_key']} -o UserKnownHostsFile="
-                  f"{info['ssh_key'].rsplit('/', 1)[0]}/known_hosts' git clone {info['git_remote']}", highlight=False)
+    console.print(f"           GIT_SSH_COMMAND='ssh -F {info['ssh_config']}' git clone {info['git_remote']}",
+                  highlight=False)
     for name, host in info["hosts"].items():
         console.print(f"{name:<10} {host['ssh']}", highlight=False)
     if info.get("builds"):

@@ -77,7 +77,10 @@ def run_playbook(*, inventory: Path, extra_vars: dict[str, Any], aws_env: dict[s
                            "pip install 'phoenixci[host]' (make setup)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ANSIBLE_"))}
     env.update(aws_env)
+    control_dir = log_dir.parent / "ansible-cp"
+    control_dir.mkdir(mode=0o700, exist_ok=True)
     env.update(ANSIBLE_CONFIG=str(PLAYBOOKS / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir), ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
                ANSIBLE_LOCAL_TEMP=str(log_dir.parent / "ansible-tmp"), AWS_EC2_METADATA_DISABLED="true")
     argv = [str(binary), "-i", str(inventory), "-e", f"@{vars_file}", str(playbook or PLAYBOOKS / f"{name}.yml")]
     log.info("running %s (log %s)", " ".join(argv), log_path)
@@ -88,11 +91,21 @@ def run_playbook(*, inventory: Path, extra_vars: dict[str, Any], aws_env: dict[s
         except subprocess.TimeoutExpired as e:
             raise PlaybookError(f"the playbook did not finish within {timeout:g}s; see {log_path}",
                                 log_path=log_path, recap={}) from e
+        finally:
+            close_connections(control_dir)
     output = log_path.read_text(errors="replace")
     recap = parse_recap(output)
     if proc.returncode != 0:
         raise PlaybookError(_failure_message(output, proc.returncode, log_path), log_path=log_path, recap=recap)
     return PlaybookResult(log_path=log_path, recap=recap)
+
+
+def close_connections(control_dir: Path) -> None:
+    """End the SSH multiplexers the run left (ControlPersist): no process outlives a command."""
+    for sock in control_dir.glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "phoenixci"], capture_output=True,
+                       timeout=10, check=False)
+        sock.unlink(missing_ok=True)
 
 
 def _failure_message(output: str, rc: int, log_path: Path) -> str:

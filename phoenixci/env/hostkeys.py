@@ -72,3 +72,21 @@ def write_known_hosts(path: Path, lines: Iterable[str]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(f"{line}\n" for line in lines))
     tmp.replace(path)
+
+
+def pin(ec2: Any, known_hosts: Path, instance_id: str, addresses: Iterable[str], *, timeout: float = 300.0) -> None:
+    """Add ``instance_id``'s host keys (from its console) for ``addresses`` to ``known_hosts``."""
+    keys = wait_for_host_keys(ec2, instance_id, timeout=timeout)
+    old = known_hosts.read_text().splitlines() if known_hosts.exists() else []
+    write_known_hosts(known_hosts, [*old, *known_hosts_lines(addresses, keys)])
+
+
+def ssh_config(path: Path, *, key: Path, known_hosts: Path, hosts: dict[str, str], jump_pattern: str) -> None:
+    """An ssh_config for the environment: each CI host by name or address, app servers
+    (``jump_pattern``, e.g. ``10.64.1.*``) through the CI server, every host key pinned."""
+    common = (f"  User admin\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known_hosts}\n"
+              "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n")
+    text = "".join(f"Host {name} {address}\n  HostName {address}\n{common}" for name, address in hosts.items())
+    others = " ".join(f"!{address}" for address in hosts.values())
+    text += f"Host {jump_pattern} {others}\n  ProxyJump ci-server\n{common}"
+    path.write_text(text)

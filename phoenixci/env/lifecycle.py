@@ -6,6 +6,7 @@ exists, after a crash too. A failed ``up`` tears down what it made before it re-
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -122,6 +123,10 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
         keys = hostkeys.wait_for_host_keys(ec2, host.instance_id)
         lines += hostkeys.known_hosts_lines([host.private_ip, host.public_ip], keys)
     hostkeys.write_known_hosts(state.known_hosts, lines)
+    subnet = infra.parameters.get("SubnetCidr") or params.get("SubnetCidr", "")
+    hostkeys.ssh_config(state.ssh_config, key=state.ssh_key, known_hosts=state.known_hosts,
+                        hosts={name: h.address for name, h in state.hosts.items()},
+                        jump_pattern=_host_pattern(subnet))
 
     converge(state, backend, say=say)
 
@@ -132,6 +137,14 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
     say(f"waiting until {revision[:12]} is built, deployed and served at {state.app_url} ...")
     site.wait_serving(state, revision)
     state.live_revision = revision
+
+
+def _host_pattern(cidr: str) -> str:
+    """``10.64.1.0/24`` → ``10.64.1.*`` (ssh_config patterns have no CIDR)."""
+    net = ipaddress.ip_network(cidr or "0.0.0.0/0")
+    octets = str(net.network_address).split(".")
+    keep = net.prefixlen // 8
+    return ".".join(octets[:keep] + ["*"])
 
 
 def converge(state: EnvState, backend: Backend, *, say: Say) -> ansible.PlaybookResult:
@@ -190,7 +203,8 @@ def down(directory: Path, *, say: Say) -> list[str]:
         swept = daemon.stop(Path(state.cloud_dir))
         removed += [f"swept {s}" for s in swept]
     state.forget()
-    for name in ("ssh", "secrets", "app", "dist", "ansible-tmp", "vars.json", "inventory.phoenixci_ec2.yml"):
+    for name in ("ssh", "secrets", "app", "dist", "ansible-tmp", "ansible-cp", "vars.json",
+                 "inventory.phoenixci_ec2.yml"):
         path = directory / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 CI_WEB_PORT = 8010
 REPO_PATH = "/srv/git/app.git"
-MIRROR_PORT = 3141
+#: seconds a new app server has to serve: a local instance boots and serves in ~3 s, EC2 in ~1-2 min
+LOCAL_HEALTH_TIMEOUT = 60
+AWS_HEALTH_TIMEOUT = 600
 
 
 def import_key(ec2: Any, state: EnvState) -> None:
@@ -94,6 +96,7 @@ def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, A
         "git_push_keys": [push_key],
         "ci_server_private_ip": server.private_ip,
         "ci_buildbot_url": state.ci_url,
+        "phoenixci_health_timeout": LOCAL_HEALTH_TIMEOUT if state.cloud_dir else AWS_HEALTH_TIMEOUT,
     }
 
 

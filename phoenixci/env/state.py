@@ -62,6 +62,11 @@ class EnvState:
         return self.path / "ssh" / "known_hosts"
 
     @property
+    def ssh_config(self) -> Path:
+        """``ssh -F`` this: ci-server, ci-agent, and app servers through the CI server."""
+        return self.path / "ssh" / "config"
+
+    @property
     def secrets_dir(self) -> Path:
         return self.path / "secrets"
 

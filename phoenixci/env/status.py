@@ -26,7 +26,8 @@ def status(directory: Path, *, builds: int = 10) -> dict[str, Any]:
         "git_remote": state.git_remote, "ssh_key": str(state.ssh_key),
         "ci_admin": {"user": "admin", "password": state.secret("admin_password")},
         "hosts": {name: {"instance_id": h.instance_id, "private_ip": h.private_ip, "public_ip": h.public_ip,
-                         "ssh": state.ssh_command(h)} for name, h in state.hosts.items()},
+                         "ssh": f"ssh -F {state.ssh_config} {name}"} for name, h in state.hosts.items()},
+        "ssh_config": str(state.ssh_config),
         "live_revision": None, "builds": [], "error": state.error or None,
     }
     if state.app_url:

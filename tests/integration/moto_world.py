@@ -282,6 +282,7 @@ def probe() -> dict[str, str]:
         results["eip_scoped_associate"] = outcome(lambda: world.client("ec2", eip_role).associate_address(
             AllocationId=alloc, InstanceId=inst["InstanceId"]))
         results["ec2_denial_code"] = outcome(lambda: world.client("ec2", eip_role).describe_instances())
+        results["console_output"] = (ec2.get_console_output(InstanceId=inst["InstanceId"]).get("Output") or "")[:40]
         world.make_role("probe-b", [], profile=True)
         runner = world.role_creds(world.make_role("probe-runner", [
             allow("ec2:RunInstances", "*"),

@@ -290,3 +290,8 @@ def test_mint_role_credentials_requires_ec2_trust(world: World) -> None:
 def test_upstream_trust_still_needed(upstream: dict[str, str]) -> None:
     fixed = upstream["assume_service_only"] == "403:AccessDenied" and upstream["assume_root_trusted"] == "ok"
     assert not fixed, "upstream moto fixed trust-policy evaluation: remove patches/trust.py"
+
+
+def test_upstream_console_output_still_needed(upstream: dict[str, str]) -> None:
+    assert upstream["console_output"].startswith("Linux version 2.6.16-xenU"), \
+        "upstream moto no longer answers GetConsoleOutput with its fixed sample: re-check patches/console_output.py"
