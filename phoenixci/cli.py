@@ -132,6 +132,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                             drain=args.drain)
     console.print(f"{result.revision} serves on {result.instance_id} at {result.public_ip}; "
                   f"retired: {', '.join(result.retired) or 'none'}")
+    if result.timings:
+        console.print("timings: " + " ".join(f"{k}={v:.2f}s" for k, v in result.timings.items()))
     if result.retire_error:
         err_console.print(f"warning: {result.retire_error}")
     return 0

@@ -120,6 +120,9 @@ def _failure_message(output: str, rc: int, log_path: Path) -> str:
         if stdout and not (stderr and stderr.group(1).strip("'\"")):
             said += " | " + " ".join(stdout.group(1).split())[-300:]
         failures.append(f"{m.group(1)}: task '{_last_task(output, m.start())}'" + (f": {said}" if said else ""))
+    inventory = re.search(r"^phoenixci_ec2: (.+)$", output, re.M)
+    if not failures and inventory:
+        failures = [f"inventory: {inventory.group(1)}"]
     if not failures:
         errors = [ln for ln in output.splitlines() if ln.startswith("[ERROR]")]
         origin = re.search(r"^Origin: (.+)$", output, re.M)

@@ -47,6 +47,7 @@ def check_backend(url: str) -> str:
 
 def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, keep_on_failure: bool = False,
        app_source: Path = APP_SOURCE) -> EnvState:
+    scheme = check_backend(backend_url)
     existing = EnvState.load(directory)
     if existing is not None:
         if existing.phase == "up":
@@ -54,7 +55,6 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
                               f"{existing.app_url}): use it (`phoenixci status`), or `phoenixci down` first")
         raise ConfigError(f"an earlier `phoenixci up` in {directory} did not finish (phase {existing.phase}): "
                           "run `phoenixci down` first to remove what it left")
-    scheme = check_backend(backend_url)
     if scheme == "aws" and not admin_cidr:
         raise ConfigError("on aws:// pass --admin-cidr with your own public address (e.g. 203.0.113.7/32): "
                           "only it may reach the CI server's SSH and web UI")

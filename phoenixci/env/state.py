@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phoenixci.errors import ConfigError
+
 DEFAULT_ENV_DIR = Path("/var/lib/phoenixci/env")
 STATE_FILE = "env.json"
 
@@ -102,6 +104,12 @@ class EnvState:
             data: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
         except FileNotFoundError:
             return None
+        except PermissionError as e:
+            raise ConfigError(f"cannot read {directory / STATE_FILE}: permission denied (run phoenixci as the "
+                              "user who brought the environment up, or pass another --env-dir)") from e
+        except ValueError as e:
+            raise ConfigError(f"{directory / STATE_FILE} is not a phoenixci environment record ({e}): "
+                              "remove it, or pass another --env-dir") from e
         hosts = {k: Host(**v) for k, v in data.pop("hosts", {}).items()}
         return cls(**data, hosts=hosts)
 

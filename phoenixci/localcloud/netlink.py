@@ -76,10 +76,13 @@ def remove_prefixed(prefix: str) -> list[str]:
 
 
 def host_firewall(table: str, tag: str) -> None:
-    """Nothing is routed from or to a phx* interface, except between this cloud's own interfaces.
+    """Nothing is routed from or to this cloud's interfaces, except between them.
 
     ``table`` is (re)created atomically. Bridged traffic between instances of one subnet passes
-    (with br_netfilter loaded it traverses this hook with both sides named ``<tag>…``).
+    (with br_netfilter loaded it traverses this hook with both sides named ``<tag>…``). The drops
+    name this cloud's own interfaces only: every base chain of a hook must accept a packet, so a
+    rule on another cloud's interfaces (``phx*``) would drop that cloud's bridged traffic whenever
+    two clouds run on one machine. Traffic between two clouds is dropped by both tables.
     """
     rules = f"""
 table inet {table}
@@ -88,8 +91,8 @@ table inet {table} {{
   chain forward {{
     type filter hook forward priority filter - 10; policy accept;
     iifname "{tag}*" oifname "{tag}*" accept
-    iifname "phx*" counter drop
-    oifname "phx*" counter drop
+    iifname "{tag}*" counter drop
+    oifname "{tag}*" counter drop
   }}
 }}
 """

@@ -2,7 +2,7 @@
 
 Per subnet: a bridge ``<tag>b<hash>`` whose host side is the gateway (.1), a DHCP-only dnsmasq
 (static leases: cloud-init's Ec2Local stage runs DHCP and stalls ~60 s without an answer) and a
-host nftables table ``phoenixci_<tag>`` dropping anything routed from or to phx* interfaces.
+host nftables table ``phoenixci_<tag>`` dropping anything routed from or to its own interfaces.
 Per instance: netns ``<tag>-<short>`` with ``eth0`` (the private IP/MAC) on a veth into the bridge,
 a route to the subnet and to 169.254.169.254 only (no default route: nothing can leave the machine),
 the metadata address DNATed to the gateway's IMDS port; a cgroup ``<tag>-i<short>`` (kill =

@@ -96,6 +96,8 @@ class DeployResult:
     address_check: str = "none"
     #: seconds the old server was given to finish its open connections before retiring
     drained: float = 0.0
+    #: seconds per phase: stack, health, move (and the address check), drain, retire
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _check_inputs(revision: str, sha256: str, env: Environment) -> None:
@@ -175,19 +177,23 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
               "InstanceProfile": env.instance_profile, "AwsEndpointUrl": env.endpoint_url,
               "AppPort": str(env.app_port)}
     moved = False
+    clock = _Clock()
     try:
         stack = stacks.create(cfn, s3, name, template, params, run_id=env.run_id,
                               tags={"phoenixci:revision": revision}, timeout=stack_timeout)
     except PhoenixError as e:
         raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
     try:
+        clock.lap("stack")
         instance_id = stack.output("InstanceId")
         address = _instance_address(ec2, instance_id)
         health_check(Target(instance_id, address, env.app_port, revision), health_timeout)
+        clock.lap("health")
         moved = True  # from here on the address may have moved, even if the call fails
         move_eip(ec2, env.eip_allocation_id, instance_id)
         if check == "http":
             wait_for_address(public_ip, env.app_port, revision, address_timeout)
+        clock.lap("move")
     except (PhoenixError, ClientError, BotoCoreError) as e:
         _undo(cfn, ec2, s3, env, name, previous, moved, stack_timeout)
         raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
@@ -201,11 +207,27 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
         log.info("draining %s for %gs before retiring it", previous, drain)
         _sleep(drain)
         result.drained = drain
+    clock.lap("drain")
     try:
         result.retired = retire(cfn, s3, keep=name, run_id=env.run_id, timeout=stack_timeout).retired
     except RetireError as e:
         result.retire_error = str(e)
+    clock.lap("retire")
+    result.timings = clock.laps
     return result
+
+
+class _Clock:
+    """Seconds per phase, for the deploy's report (and bench/pipeline.py)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _undo(cfn: Any, ec2: Any, s3: Any, env: Environment, name: str, previous: str | None,
