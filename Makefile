@@ -15,10 +15,11 @@ test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check phoenixci tests app bench infra/files
+	$(BIN)/ruff check phoenixci tests app bench infra/files playbooks/inventory_plugins
 	$(BIN)/mypy phoenixci
 	$(BIN)/cfn-lint infra/*.yaml
 	BC_SKIP_MAPPING=TRUE $(BIN)/checkov --quiet --compact --skip-download --framework cloudformation -d infra
+	cd playbooks && PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_CONFIG=ansible.cfg $(abspath $(BIN))/ansible-lint --offline --profile production .
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

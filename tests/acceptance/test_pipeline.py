@@ -28,6 +28,7 @@ from phoenixci import stacks
 from phoenixci.env import buildbot
 from phoenixci.env.state import EnvState
 from phoenixci.pipeline.health import probe
+from phoenixci.util import wait_until
 
 pytestmark = pytest.mark.acceptance
 
@@ -206,6 +207,34 @@ def test_rollback_is_one_command(pipeline_env: EnvState, clone: Clone) -> None:
     assert live(pipeline_env) == first
     cli("deploy", "--revision", current, env_dir=pipeline_env.path)
     assert live(pipeline_env) == current
+
+
+def test_the_ci_hosts_survive_a_restart(pipeline_env: EnvState, clone: Clone, env_backend: Any) -> None:
+    """Stop and start both CI instances (EC2 keeps their disks and private addresses): every unit
+    comes back by itself, the IMDS fence is loaded again beside the cloud's own tables, and the
+    next push is built and deployed."""
+    ec2 = env_backend.client("ec2")
+    ids = [h.instance_id for h in pipeline_env.hosts.values()]
+    ec2.stop_instances(InstanceIds=ids)
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=ids, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    ec2.start_instances(InstanceIds=ids)
+    ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    agent = ssh_host(pipeline_env, "ci-agent", sudo=True)
+
+    def back() -> bool:
+        try:
+            return bool(agent.service("buildbot-worker").is_running and [
+                w for w in buildbot.get_json(pipeline_env.ci_url, "workers")["workers"] if w["connected_to"]])
+        except Exception:  # noqa: BLE001 - still booting: ssh or HTTP not answering yet
+            return False
+
+    wait_until(back, timeout=180, interval=1, what="the CI hosts to come back with the worker connected")
+    tables = agent.run("nft list tables").stdout
+    assert "inet phoenixci_build" in tables and "inet phoenixci_sg" in tables, tables
+    commit = clone.commit("after a restart", {"NOTES": f"restarted {time.time_ns()}\n"})
+    clone.push()
+    assert wait_build(pipeline_env, commit).result == "success"
+    assert live(pipeline_env) == commit
 
 
 def test_no_secret_appears_in_a_build_log(pipeline_env: EnvState) -> None:
