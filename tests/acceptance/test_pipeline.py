@@ -255,6 +255,14 @@ def test_the_playbook_changes_nothing_the_second_time(pipeline_env: EnvState) ->
     assert "playbook done: changed=0 " in proc.stdout, proc.stdout
 
 
+def test_a_second_up_is_one_clear_line(pipeline_env: EnvState) -> None:
+    proc = cli("up", env_dir=pipeline_env.path, check=False)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: an environment is already up") and "phoenixci down" in lines[0]
+    assert EnvState.load(pipeline_env.path) == pipeline_env, "the second up touched the environment"
+
+
 def test_status_shows_the_environment(pipeline_env: EnvState) -> None:
     info = json.loads(cli("status", "--json", env_dir=pipeline_env.path).stdout)
     assert {"app_url", "ci_url", "git_remote", "ssh_key", "hosts", "live_revision", "builds"} <= set(info)
