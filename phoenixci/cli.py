@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=["never", "on-failure", "always"], default="never")
     p.add_argument("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR", "127.0.0.1/32"))
     p.add_argument("--run-id", default=None)
-    p.set_defaults(func=_host("cloud:cmd_demo"))
+    # a new environment of its own: never the one `phoenixci up` left on this machine
+    p.set_defaults(func=_host("demo:cmd_demo"), backend=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND))
 
     p = sub.add_parser("leaks", parents=[common], help="list resources tagged by phoenixci runs")
     p.add_argument("--run-id", default=None)
@@ -229,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR"),
                    help="the only network allowed to reach SSH and the CI web UI (required on aws://)")
     p.add_argument("--keep-on-failure", action="store_true", help="keep what a failed up made, to look at it")
-    p.set_defaults(func=_host("env:cmd_up"))
+    p.set_defaults(func=_host("env:cmd_up"), backend=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND))
     p = sub.add_parser("status", parents=[envdir], help="the environment: URLs, logins, live revision, builds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_host("env:cmd_status"))

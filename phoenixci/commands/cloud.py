@@ -49,8 +49,8 @@ def _outputs_table(stack: stacks.Stack) -> Table:
     return table
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job, as far as it exists: the infrastructure stack on the chosen backend."""
+def cmd_demo_infrastructure(args: argparse.Namespace) -> int:
+    """The infrastructure stack alone (a backend without instances): create, show, tear down."""
     run_id = args.run_id or harness.new_run_id()
     with _progress(f"starting backend {args.backend}"):
         backend = _backend(args)

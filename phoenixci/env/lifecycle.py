@@ -46,7 +46,7 @@ def check_backend(url: str) -> str:
 
 
 def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, keep_on_failure: bool = False,
-       app_source: Path = APP_SOURCE) -> EnvState:
+       app_source: Path = APP_SOURCE, run_id: str | None = None) -> EnvState:
     scheme = check_backend(backend_url)
     existing = EnvState.load(directory)
     if existing is not None:
@@ -59,7 +59,7 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
         raise ConfigError("on aws:// pass --admin-cidr with your own public address (e.g. 203.0.113.7/32): "
                           "only it may reach the CI server's SSH and web UI")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = EnvState(directory=str(directory), backend=backend_url, run_id=harness.new_run_id())
+    state = EnvState(directory=str(directory), backend=backend_url, run_id=run_id or harness.new_run_id())
     if scheme == "moto":
         state.cloud_dir = str(directory / "cloud")
         query = parse_url(backend_url)[2]

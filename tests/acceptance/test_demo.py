@@ -31,6 +31,7 @@ def test_demo_runs_the_whole_pipeline_and_tears_it_down() -> None:
     assert re.search(r"CI agent .* ip-10-\d+-1-\d+ .*buildbot-worker active", out), out
     for step in ("checkout", "test", "package", "publish", "deploy"):
         assert re.search(rf"{step}\s.*success", out), step
-    assert "the new page is live" in out
+    served = re.search(r"on (i-[0-9a-f]+) \(was (i-[0-9a-f]+)\); the new page is live", out)
+    assert served and served.group(1) != served.group(2), out
     assert f"torn down: nothing tagged phoenixci:run-id={run_id.group(1)} is left" in out
     assert "Traceback" not in proc.stderr and "failed:" not in out
