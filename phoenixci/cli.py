@@ -154,18 +154,22 @@ def cmd_retire(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phoenixci", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    help_backend = ("moto:// (default), aws://?region=R&profile=P, localstack://HOST:PORT [env PHOENIXCI_BACKEND; "
+                    "after `phoenixci up`: its environment]")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", default=_default_backend(),
-                        help="moto:// (default), aws://?region=R&profile=P, localstack://HOST:PORT "
-                             "[env PHOENIXCI_BACKEND]")
+    common.add_argument("--backend", default=_default_backend(), help=help_backend)
+    # commands that make a new environment never default to the one `phoenixci up` left here
+    # (a parser of their own: argparse shares a parent's actions, so set_defaults would leak)
+    fresh = argparse.ArgumentParser(add_help=False)
+    fresh.add_argument("--backend", default=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND),
+                       help="moto:// (default), aws://?region=R&profile=P [env PHOENIXCI_BACKEND]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", parents=[common], help="run the main job on the chosen backend")
+    p = sub.add_parser("demo", parents=[fresh], help="run the main job on the chosen backend")
     p.add_argument("--keep", choices=["never", "on-failure", "always"], default="never")
     p.add_argument("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR", "127.0.0.1/32"))
     p.add_argument("--run-id", default=None)
-    # a new environment of its own: never the one `phoenixci up` left on this machine
-    p.set_defaults(func=_host("demo:cmd_demo"), backend=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND))
+    p.set_defaults(func=_host("demo:cmd_demo"))
 
     p = sub.add_parser("leaks", parents=[common], help="list resources tagged by phoenixci runs")
     p.add_argument("--run-id", default=None)
@@ -225,12 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     envdir.add_argument("--env-dir", default=None,
                         help="where the environment keeps its state [env PHOENIXCI_ENV_DIR, "
                              "default /var/lib/phoenixci/env]")
-    p = sub.add_parser("up", parents=[common, envdir],
+    p = sub.add_parser("up", parents=[fresh, envdir],
                        help="bring a whole environment up: cloud, stack, CI server and agent, the app")
     p.add_argument("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR"),
                    help="the only network allowed to reach SSH and the CI web UI (required on aws://)")
     p.add_argument("--keep-on-failure", action="store_true", help="keep what a failed up made, to look at it")
-    p.set_defaults(func=_host("env:cmd_up"), backend=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND))
+    p.set_defaults(func=_host("env:cmd_up"))
     p = sub.add_parser("status", parents=[envdir], help="the environment: URLs, logins, live revision, builds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_host("env:cmd_status"))

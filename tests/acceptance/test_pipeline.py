@@ -168,6 +168,55 @@ def test_a_commit_cannot_take_the_agents_credentials(pipeline_env: EnvState, clo
     clone.revert_to(good, "remove the thief")
 
 
+ESCAPE = '''\
+import os
+import pathlib
+import subprocess
+
+
+def attempt(what, action):
+    try:
+        action()
+        print("ESCAPED", what, flush=True)
+    except Exception as e:  # noqa: BLE001 - every way of failing counts as refused
+        print("REFUSED", what, type(e).__name__, flush=True)
+
+
+def test_leave_something_behind():
+    """What a hostile commit tries beyond the IMDS: the worker's secret, what later steps run, a
+    process that outlives the step."""
+    attempt("read-worker-password", lambda: pathlib.Path(
+        "/var/lib/buildbot-worker/worker/worker_password").read_text())
+    attempt("list-worker-checkout", lambda: os.listdir("/var/lib/buildbot-worker/worker/app/build/.git/hooks"))
+    attempt("write-phoenixci-venv", lambda: pathlib.Path("/opt/phoenixci/venv/bin/phoenixci").write_text("x"))
+    attempt("write-pipeline-env", lambda: pathlib.Path("/etc/phoenixci/pipeline.env").write_text("x"))
+    attempt("sudo", lambda: subprocess.run(["sudo", "-n", "true"], check=True, capture_output=True))
+    subprocess.Popen(["setsid", "sleep", "600"], start_new_session=True)
+    print("LEFT a sleeper", flush=True)
+    assert False, "stop the build here"
+'''
+
+
+def test_untrusted_tests_cannot_reach_the_worker_or_outlive_their_step(pipeline_env: EnvState,
+                                                                      clone: Clone) -> None:
+    good = live(pipeline_env)
+    clone.commit("try to escape the test step", {"tests/test_escape.py": ESCAPE})
+    pushed = clone.push()
+    build = wait_build(pipeline_env, pushed.revision)
+    assert step_results(build).get("test") == "failure"
+    log = buildbot.step_log(pipeline_env.ci_url, build.build_id, "test")
+    assert "LEFT a sleeper" in log, log[-3000:]
+    for what in ("read-worker-password", "list-worker-checkout", "write-phoenixci-venv", "write-pipeline-env",
+                 "sudo"):
+        assert f"REFUSED {what}" in log, f"{what}: {log[-3000:]}"
+    assert "ESCAPED" not in log
+    agent = ssh_host(pipeline_env, "ci-agent", sudo=True)
+    assert agent.run("pgrep -u phoenixci-test").stdout.strip() == "", "a test process outlived its step"
+    assert agent.run("ls -A /var/lib/phoenixci-test").stdout.strip() == "", "the test's copy was left"
+    assert live(pipeline_env) == good
+    clone.revert_to(good, "remove the escape attempt")
+
+
 NEVER_HEALTHY = '''\
 """Entry point: this release never becomes healthy (it exits at once)."""
 import sys
@@ -271,6 +320,9 @@ def test_status_shows_the_environment(pipeline_env: EnvState) -> None:
     assert info["builds"] and {"number", "revision", "result"} <= set(info["builds"][0])
     obs = probe(*pipeline_env.app_url.split("//")[1].rstrip("/").rsplit(":", 1)[0:1], 8080)
     assert obs.health_status == 200
+    # every command finds the environment without --backend: leaks lists what the run has up
+    leaks = cli("leaks", "--run-id", pipeline_env.run_id, env_dir=pipeline_env.path, check=False)
+    assert leaks.returncode == 1 and f"stack {pipeline_env.infra_stack}" in leaks.stdout, leaks.stdout
 
 
 def test_the_builds_page_shows_every_build_and_its_result(pipeline_env: EnvState, artifacts_dir: Any) -> None:

@@ -145,3 +145,19 @@ def test_up_on_aws_needs_the_admin_cidr(tmp_path: Path) -> None:
     proc = run_cli("up", "--backend", "aws://?region=eu-west-1", env_dir=tmp_path / "env")
     one_line_error(proc, "--admin-cidr")
     assert not (tmp_path / "env").exists()
+
+
+def test_commands_default_to_the_environment_up_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `phoenixci up`, status/deploy/leaks/clean... find it without --backend; up and demo
+    always start a new environment of their own."""
+    from phoenixci.cli import build_parser
+
+    monkeypatch.delenv("PHOENIXCI_BACKEND", raising=False)
+    monkeypatch.setenv("PHOENIXCI_ENV_DIR", str(tmp_path))
+    EnvState(directory=str(tmp_path), backend="moto://?state-dir=/x/cloud", run_id="phx-1", phase="up").save()
+    parser = build_parser()
+    for argv in (["deploy", "--revision", "a" * 40], ["leaks"], ["clean"], ["publish", "f"], ["retire",
+                                                                                           "--keep-revision", "x"]):
+        assert parser.parse_args(argv).backend == "moto://?state-dir=/x/cloud", argv
+    for argv in (["up"], ["demo"]):
+        assert parser.parse_args(argv).backend == "moto://", argv

@@ -8,7 +8,7 @@ duration of the run, and removes them again):
     python3 -m venv /tmp/bbvenv
     /tmp/bbvenv/bin/pip install 'buildbot[bundle]>=4.3,<4.4' 'buildbot-worker>=4.3,<4.4'
     apt-get install sudo python3-pytest nftables git shellcheck   # shellcheck optional
-    .venv/bin/python tests/integration/buildbot_host_check.py [--bbvenv /tmp/bbvenv] [--keep]
+    .venv/bin/python scripts/buildbot_host_check.py [--bbvenv /tmp/bbvenv] [--keep]
 
 It renders the templates of playbooks/roles/ci_server and ci_agent with Jinja2 the way Ansible's
 `template` module does (trim_blocks; filters `to_json` and `quote`), then, in a temp directory and
@@ -55,7 +55,7 @@ from pathlib import Path
 
 import jinja2
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVER_T = ROOT / 'playbooks/roles/ci_server/templates'
 AGENT_T = ROOT / 'playbooks/roles/ci_agent/templates'
 TEST_USER = 'phoenixci-test'
