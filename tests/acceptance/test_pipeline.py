@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -138,6 +139,7 @@ def test_a_failing_unit_test_stops_at_the_test_step(pipeline_env: EnvState, clon
 
 IMDS_THIEF = '''\
 import os
+import urllib.error
 import urllib.request
 
 
@@ -343,3 +345,45 @@ def test_the_builds_page_shows_every_build_and_its_result(pipeline_env: EnvState
         expected = "build successful" if build.result == "success" else "failed"
         assert expected in row, f"build #{build.number} ({build.result}) shows: {row[:200]}"
     assert shot.stat().st_size > 10_000, "no screenshot"
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the run's own CI server
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_the_ci_is_read_only_for_anonymous_visitors(pipeline_env: EnvState) -> None:
+    """Anyone may read builds; nobody without credentials can trigger, force or stop one; the
+    admin login `phoenixci status` shows can (here: rebuild the live revision, a no-op deploy)."""
+    import base64
+    import http.cookiejar
+
+    ci = pipeline_env.ci_url.rstrip("/")
+    force = json.dumps({"id": 1, "jsonrpc": "2.0", "method": "force",
+                        "params": {"builderid": "1", "revision": live(pipeline_env)}}).encode()
+    as_json = {"Content-Type": "application/json"}
+    assert _post(f"{ci}/api/v2/forceschedulers/force", force, as_json) == 403
+    change = b"revision=" + b"a" * 40 + b"&branch=main&repository=x&project=app&author=mallory"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert _post(f"{ci}/change_hook/base", change, form) == 401
+    wrong = {**form, "Authorization": "Basic " + base64.b64encode(b"githook:guess").decode()}
+    assert _post(f"{ci}/change_hook/base", change, wrong) == 401
+    builds_before = len(buildbot.builds(pipeline_env.ci_url, limit=100))
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    login = base64.b64encode(f"admin:{pipeline_env.secret('admin_password')}".encode()).decode()
+    opener.open(urllib.request.Request(f"{ci}/auth/login", headers={"Authorization": f"Basic {login}"}),
+                timeout=10).read()
+    with opener.open(urllib.request.Request(f"{ci}/api/v2/forceschedulers/force", data=force, method="POST",
+                                            headers=as_json), timeout=10) as resp:
+        assert resp.status == 200 and "result" in json.loads(resp.read())
+    wait_until(lambda: len(buildbot.builds(pipeline_env.ci_url, limit=100)) == builds_before + 1, timeout=30,
+               interval=0.5, what="the admin's forced build to start")
+    forced = buildbot.builds(pipeline_env.ci_url, limit=1)[0]
+    done = buildbot.wait_for_build(pipeline_env.ci_url, forced.revision, timeout=300)
+    assert done.result == "success" and live(pipeline_env) == forced.revision
