@@ -41,15 +41,15 @@ class Load(threading.Thread):
         self.url, self.rate, self.max_seconds = url, rate, max_seconds
         self.sent = self.failed = 0
         self.errors: dict[str, int] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() - start < self.max_seconds:
+        while not self._halt.is_set() and time.monotonic() - start < self.max_seconds:
             due = start + self.sent / self.rate
             delay = due - time.monotonic()
             if delay > 0:
-                self._stop.wait(delay)
+                self._halt.wait(delay)
                 continue
             self.sent += 1
             try:
@@ -63,7 +63,7 @@ class Load(threading.Thread):
                 self.failed += 1
 
     def stop(self) -> float:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
         return self.sent
 
@@ -124,57 +124,71 @@ def main() -> int:
         env_dir = Path(tmp) / "env"
         up_s, _ = cli(env_dir, "up")
         result["up_s"] = round(up_s, 1)
-        state = EnvState.load(env_dir)
-        assert state is not None
-        ssh = f"ssh -F {state.ssh_config}"
-        repo = Path(tmp) / "clone"
-        git(Path(tmp), "clone", "-q", state.git_remote, str(repo), ssh=ssh)
-        load = Load(state.app_url, args.rate, max_seconds=120 + 60 * args.deploys)
-        load.start()
-        runs = []
         try:
-            for i in range(args.deploys):
-                page = repo / "phoenixapp/templates/index.html"
-                page.write_text(re.sub(r"Welcome to [^<]*", f"Welcome to bench release {i}", page.read_text(), count=1))
-                git(repo, "commit", "-q", "-am", f"bench release {i}", ssh=ssh)
-                revision = git(repo, "rev-parse", "HEAD", ssh=ssh)
-                t0 = time.monotonic()
-                git(repo, "push", "-q", "origin", "main", ssh=ssh)
-                pushed = time.monotonic() - t0
-                started = buildbot.wait_for_build(state.ci_url, revision, started_only=True, timeout=30)
-                t_start = time.monotonic() - t0
-                wait_until(lambda rev=revision: version(state.app_url) == rev, timeout=300, interval=0.05,
-                           what=f"the app address to serve {revision[:12]}")
-                t_serving = time.monotonic() - t0
-                build = buildbot.wait_for_build(state.ci_url, revision, timeout=300)
-                t_done = time.monotonic() - t0
-                runs.append({"revision": revision, "push_s": round(pushed, 3), "push_to_build_start_s": round(t_start, 3),
-                             "push_to_serving_s": round(t_serving, 3), "push_to_build_done_s": round(t_done, 3),
-                             "result": build.result, "stages_s": stage_times(state.ci_url, started.build_id)})
+            load = _deploys(env_dir, Path(tmp), args, result)
         finally:
-            sent = load.stop()
-        serving = [r["push_to_serving_s"] for r in runs]
-        result.update(
-            push_to_serving_s={"p50": pct(serving, 0.5), "p95": pct(serving, 0.95), "max": max(serving)},
-            push_to_build_start_s={"p50": pct([r["push_to_build_start_s"] for r in runs], 0.5),
-                                   "max": max(r["push_to_build_start_s"] for r in runs)},
-            stages_p50_s={k: round(statistics.median(r["stages_s"].get(k, 0.0) for r in runs), 3)
-                          for k in runs[0]["stages_s"]},
-            load={"sent": sent, "failed": load.failed, "errors": load.errors,
-                  "seconds": round(sent / args.rate, 1)},
-            runs=runs)
-        down_s, _ = cli(env_dir, "down")
-        result["down_s"] = round(down_s, 1)
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        tag = None
-        runtime = env_dir / "cloud" / "runtime"
-        if runtime.parent.exists():
-            from phoenixci.localcloud.runtime import Runtime
-
-            tag = Runtime(runtime).tag
-        result["leftovers"] = [ln for ln in left.splitlines() if tag and ln.startswith(tag)]
+            down_s, _ = cli(env_dir, "down")
+            result["down_s"] = round(down_s, 1)
+            result["leftovers"] = _leftovers(env_dir)
     print(json.dumps(result, indent=2))
     return 0 if not result["leftovers"] and load.failed == 0 else 1
+
+
+def _leftovers(env_dir: Path) -> list[str]:
+    """Namespaces, links and nft tables of the environment's cloud still on the machine."""
+    from phoenixci.localcloud.runtime import Runtime
+
+    tag = Runtime(env_dir / "cloud" / "runtime").tag
+    found = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    found += subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.replace(":", " ").split()
+    found += subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.split()
+    return sorted({word for word in found if tag in word})
+
+
+def _deploys(env_dir: Path, tmp: Path, args: argparse.Namespace, result: dict[str, object]) -> Load:
+    state = EnvState.load(env_dir)
+    assert state is not None
+    ssh = f"ssh -F {state.ssh_config}"
+    repo = tmp / "clone"
+    git(tmp, "clone", "-q", state.git_remote, str(repo), ssh=ssh)
+    load = Load(state.app_url, args.rate, max_seconds=120 + 60 * args.deploys)
+    load.start()
+    runs: list[dict] = []
+    try:
+        for i in range(args.deploys):
+            runs.append(_one_deploy(state, repo, i, ssh))
+    finally:
+        sent = load.stop()
+    serving = [r["push_to_serving_s"] for r in runs]
+    result.update(
+        push_to_serving_s={"p50": pct(serving, 0.5), "p95": pct(serving, 0.95), "max": max(serving)},
+        push_to_build_start_s={"p50": pct([r["push_to_build_start_s"] for r in runs], 0.5),
+                               "max": max(r["push_to_build_start_s"] for r in runs)},
+        stages_p50_s={k: round(statistics.median(r["stages_s"].get(k, 0.0) for r in runs), 3)
+                      for k in runs[0]["stages_s"]},
+        load={"sent": sent, "failed": load.failed, "errors": load.errors, "seconds": round(sent / args.rate, 1)},
+        runs=runs)
+    return load
+
+
+def _one_deploy(state: EnvState, repo: Path, i: int, ssh: str) -> dict:
+    page = repo / "phoenixapp/templates/index.html"
+    page.write_text(re.sub(r"Welcome to [^<]*", f"Welcome to bench release {i}", page.read_text(), count=1))
+    git(repo, "commit", "-q", "-am", f"bench release {i}", ssh=ssh)
+    revision = git(repo, "rev-parse", "HEAD", ssh=ssh)
+    t0 = time.monotonic()
+    git(repo, "push", "-q", "origin", "main", ssh=ssh)
+    pushed = time.monotonic() - t0
+    started = buildbot.wait_for_build(state.ci_url, revision, started_only=True, timeout=30)
+    t_start = time.monotonic() - t0
+    wait_until(lambda: version(state.app_url) == revision, timeout=300, interval=0.05,
+               what=f"the app address to serve {revision[:12]}")
+    t_serving = time.monotonic() - t0
+    build = buildbot.wait_for_build(state.ci_url, revision, timeout=300)
+    t_done = time.monotonic() - t0
+    return {"revision": revision, "push_s": round(pushed, 3), "push_to_build_start_s": round(t_start, 3),
+            "push_to_serving_s": round(t_serving, 3), "push_to_build_done_s": round(t_done, 3),
+            "result": build.result, "stages_s": stage_times(state.ci_url, started.build_id)}
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     with _backend(args) as backend:
         bucket = args.bucket or _infra(backend, _infra_name(args)).output("ArtifactBucket")
-        result = publish(backend.client("s3"), bucket, Path(args.artifact), revision=args.revision)
+        result = publish(backend.client("s3"), bucket, Path(args.artifact), revision=args.revision,
+                         existing=args.existing)
     state = "already published" if result.already_published else "published"
     console.print(f"{state} {result.url} sha256 {result.sha256}")
     return 0
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--bucket", default=None,
                    help="default: the ArtifactBucket output of the infrastructure stack")
+    p.add_argument("--existing", choices=["refuse", "reuse"], default="refuse",
+                   help="when the revision is already published with other bytes: refuse (default), or reuse "
+                        "the published artifact (a rebuild differs only in its build number)")
     p.add_argument("--infra-stack", default=None,
                    help="[env PHOENIXCI_INFRA_STACK; default: the environment `phoenixci up` made]")
     p.add_argument("--revision", default=None)

@@ -145,8 +145,15 @@ def _local_artifact(artifact: PackageResult | Path, revision: str | None) -> tup
 
 
 def publish(s3_client: Any, bucket: str, artifact: PackageResult | Path, *,
-            revision: str | None = None, prefix: str = "app") -> PublishResult:
-    """Upload ``artifact`` to ``<prefix>/<revision>/<name>`` (+ ``.sha256``) and verify it."""
+            revision: str | None = None, prefix: str = "app", existing: str = "refuse") -> PublishResult:
+    """Upload ``artifact`` to ``<prefix>/<revision>/<name>`` (+ ``.sha256``) and verify it.
+
+    A revision is published once: when other bytes are already there, ``existing="refuse"``
+    raises PublishError, ``existing="reuse"`` keeps the published artifact (a rebuild of the same
+    revision differs only in its build number) and returns it, so the deploy uses those bytes.
+    """
+    if existing not in ("refuse", "reuse"):
+        raise PublishError(f"existing={existing!r}: use refuse or reuse")
     path, sha256, rev = _local_artifact(artifact, revision)
     key = f"{prefix.strip('/')}/{rev}/{path.name}" if prefix.strip("/") else f"{rev}/{path.name}"
     sha_key = key + ".sha256"
@@ -162,9 +169,9 @@ def publish(s3_client: Any, bucket: str, artifact: PackageResult | Path, *,
                             f"{existing}; refusing to overwrite with {sha256}; "
                             "publish a new revision")
 
-    existing = _existing_sha256(s3_client, bucket, key)
-    already = existing is not None
-    if existing is None:
+    existing_sha = _existing_sha256(s3_client, bucket, key)
+    already = existing_sha is not None
+    if existing_sha is None:
         try:
             with open(path, "rb") as body:
                 s3_client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*",
@@ -173,11 +180,16 @@ def publish(s3_client: Any, bucket: str, artifact: PackageResult | Path, *,
             if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise _translate(e, bucket, key, "upload") from e
             log.info("%s appeared while publishing; comparing checksums", url)
-            existing, already = _existing_sha256(s3_client, bucket, key), True
+            existing_sha, already = _existing_sha256(s3_client, bucket, key), True
         except BotoCoreError as e:
             raise _translate(e, bucket, key, "upload") from e
-    if already and existing != sha256:
-        raise refuse(existing or "unknown")
+    if already and existing_sha != sha256:
+        if existing == "reuse" and existing_sha:
+            log.info("%s was published before with sha256 %s: keeping it", url, existing_sha)
+            _verify_remote(s3_client, bucket, key, existing_sha)
+            return PublishResult(bucket=bucket, key=key, sha256_key=sha_key, sha256=existing_sha,
+                                 revision=rev, already_published=True, url=url)
+        raise refuse(existing_sha or "unknown")
     _verify_remote(s3_client, bucket, key, sha256)
     _call("upload", bucket, sha_key, s3_client.put_object, Body=sha_body,
           ContentType="text/plain", Metadata={"sha256": sha256})

@@ -13,7 +13,7 @@ from botocore.config import Config
 
 from phoenixci.errors import PublishError
 from phoenixci.pipeline.package import PackageResult
-from phoenixci.pipeline.publish import PublishResult, fetch_and_verify, publish
+from phoenixci.pipeline.publish import PublishResult, fetch_and_verify, find_published, publish
 from phoenixci.stacks import empty_bucket
 from phoenixci.util import free_port
 
@@ -87,6 +87,18 @@ def test_republishing_different_bytes_is_refused(s3: Any, bucket: str, tmp_path:
                                            rf"with {other.sha256}; publish a new revision"):
         publish(s3, bucket, other)
     assert s3.get_object(Bucket=bucket, Key=first.key)["Body"].read() == b"original"
+
+
+def test_a_rebuild_can_reuse_what_was_published(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """The pipeline's publish step (--existing reuse): a rebuild of a revision keeps the artifact
+    published first, and says which bytes the deploy must use."""
+    first = publish(s3, bucket, make_artifact(tmp_path / "a", b"build 1"))
+    again = publish(s3, bucket, make_artifact(tmp_path / "b", b"build 2"), existing="reuse")
+    assert again.already_published and again.sha256 == first.sha256 and again.key == first.key
+    assert s3.get_object(Bucket=bucket, Key=first.key)["Body"].read() == b"build 1"
+    assert find_published(s3, bucket, REV).sha256 == first.sha256
+    with pytest.raises(PublishError, match="existing='overwrite'"):
+        publish(s3, bucket, make_artifact(tmp_path / "c", b"build 3"), existing="overwrite")
 
 
 def test_missing_bucket_is_a_clear_publish_error(s3: Any, tmp_path: Path) -> None:
