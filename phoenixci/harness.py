@@ -116,7 +116,7 @@ def infrastructure(backend: Backend, run_id: str, *, admin_cidr: str = "127.0.0.
                   "ImageId": image_id or getattr(backend, "image_id", None) or default_image_id(ec2)}
         if getattr(backend, "cloud", None) is not None:
             # real networks on this machine: take a VPC range no other run uses right now
-            from phoenixci.localcloud.cloud import free_vpc_cidr
+            from phoenixci.localcloud.addressing import free_vpc_cidr
 
             vpc = free_vpc_cidr(run_id)
             params.update(VpcCidr=vpc, SubnetCidr=vpc.replace(".0.0/16", ".1.0/24"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -10,6 +11,8 @@ from typing import Any
 
 from phoenixci.errors import PhoenixError
 from phoenixci.util import WaitTimeout, wait_until
+
+log = logging.getLogger(__name__)
 
 RESULTS = {None: "running", 0: "success", 1: "warnings", 2: "failure", 3: "skipped", 4: "exception",
            5: "retry", 6: "cancelled"}
@@ -42,13 +45,27 @@ class Build:
         return self.complete_at is not None
 
 
+def _read(url: str, timeout: float, attempts: int = 3) -> bytes:
+    """GET ``url``; a timeout or a dropped connection is retried (the CI server may be restarting)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the run's own CI server
+                return bytes(resp.read())
+        except urllib.error.HTTPError as e:
+            raise BuildbotError(f"cannot read {url}: {e}") from e
+        except (urllib.error.URLError, OSError) as e:
+            if attempt == attempts:
+                raise BuildbotError(f"cannot read {url} ({attempts} attempts): {e}") from e
+            log.warning("reading %s failed (%s); trying again", url, e)
+    raise AssertionError("not reached")
+
+
 def get_json(base: str, path: str, *, timeout: float = 10.0) -> Any:
     url = base.rstrip("/") + "/api/v2/" + path.lstrip("/")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the run's own CI server
-            return json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise BuildbotError(f"cannot read {url}: {e}") from e
+        return json.loads(_read(url, timeout))
+    except ValueError as e:
+        raise BuildbotError(f"{url} did not answer JSON: {e}") from e
 
 
 def _build(raw: dict[str, Any]) -> Build:
@@ -74,11 +91,7 @@ def steps(ci_url: str, build_id: int) -> list[Step]:
 
 def step_log(ci_url: str, build_id: int, step: str, *, timeout: float = 10.0) -> str:
     url = f"{ci_url.rstrip('/')}/api/v2/builds/{build_id}/steps/{urllib.parse.quote(step)}/logs/stdio/raw"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
-            return str(resp.read().decode(errors="replace"))
-    except (urllib.error.URLError, OSError) as e:
-        raise BuildbotError(f"cannot read {url}: {e}") from e
+    return _read(url, timeout).decode(errors="replace")
 
 
 def build_of(ci_url: str, revision: str) -> Build | None:

@@ -97,7 +97,7 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
     params = {"RunId": state.run_id, "AdminCidr": admin_cidr, "KeyName": state.key_name,
               "ImageId": getattr(backend, "image_id", None) or harness.default_image_id(ec2)}
     if state.cloud_dir:
-        from phoenixci.localcloud.cloud import free_vpc_cidr
+        from phoenixci.localcloud.addressing import free_vpc_cidr
 
         vpc = free_vpc_cidr(state.run_id)
         params.update(VpcCidr=vpc, SubnetCidr=vpc.replace(".0.0/16", ".1.0/24"))

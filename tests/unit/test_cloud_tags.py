@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from phoenixci.localcloud import cloud
+from phoenixci.localcloud import addressing, cloud
 from phoenixci.localcloud.cloud import LocalCloudError, claim_tag, release_tag, write_env_file
 
 pytestmark = pytest.mark.unit
@@ -47,10 +47,10 @@ def test_env_file_is_private_and_sourceable(tmp_path: Path) -> None:
 def test_free_vpc_cidr_avoids_routed_networks(monkeypatch: pytest.MonkeyPatch) -> None:
     import ipaddress
 
-    first = cloud.free_vpc_cidr("run-a")
+    first = addressing.free_vpc_cidr("run-a")
     taken = [(ipaddress.ip_network(first), "phxb1"), (ipaddress.ip_network("10.0.0.0/9"), "eth9")]
-    monkeypatch.setattr(cloud, "routed_networks", lambda: taken)
-    again = cloud.free_vpc_cidr("run-a")
+    monkeypatch.setattr(addressing, "routed_networks", lambda: taken)
+    again = addressing.free_vpc_cidr("run-a")
     assert again != first
     assert not ipaddress.ip_network(again).overlaps(ipaddress.ip_network("10.0.0.0/9"))
     assert ipaddress.ip_network(again).subnet_of(ipaddress.ip_network("10.0.0.0/8"))
@@ -59,7 +59,7 @@ def test_free_vpc_cidr_avoids_routed_networks(monkeypatch: pytest.MonkeyPatch) -
 def test_overlapping_subnet_is_refused_naming_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     import ipaddress
 
-    monkeypatch.setattr(cloud, "routed_networks", lambda: [(ipaddress.ip_network("10.77.0.0/16"), "phxb2")])
-    with pytest.raises(LocalCloudError, match=r"10.77.1.0/24 overlaps 10.77.0.0/16 .*dev phxb2"):
-        cloud.refuse_overlap("10.77.1.0/24")
-    cloud.refuse_overlap("10.78.1.0/24")
+    monkeypatch.setattr(addressing, "routed_networks", lambda: [(ipaddress.ip_network("10.77.0.0/16"), "phxb2")])
+    with pytest.raises(addressing.AddressingError, match=r"10.77.1.0/24 overlaps 10.77.0.0/16 .*dev phxb2"):
+        addressing.refuse_overlap("10.77.1.0/24")
+    addressing.refuse_overlap("10.78.1.0/24")
