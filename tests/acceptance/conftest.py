@@ -14,7 +14,7 @@ from phoenixci.env.state import EnvState
 
 
 @pytest.fixture(scope="session")
-def pipeline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvState]:
+def pipeline_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvState]:
     """A whole environment on the local cloud. PHOENIXCI_TEST_ENV_DIR reuses one already up
     (for working on the tests); otherwise the session brings one up and takes it down."""
     reuse = os.environ.get("PHOENIXCI_TEST_ENV_DIR")
@@ -24,7 +24,8 @@ def pipeline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvState]
         yield state
         return
     env_dir = tmp_path_factory.mktemp("env")
-    proc = cli("up", env_dir=env_dir, check=False)
+    proc = cli("up", "--backend", str(request.config.getoption("--backend")),
+               "--admin-cidr", str(request.config.getoption("--admin-cidr")), env_dir=env_dir, check=False)
     state = EnvState.load(env_dir)
     try:
         assert proc.returncode == 0, f"phoenixci up failed:\n{proc.stdout}\n{proc.stderr}"
