@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from phoenixci.signals import terminate_as_interrupt
+
+    terminate_as_interrupt()  # SIGTERM tears down like Ctrl-C
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
@@ -279,8 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         err_console.print(f"error: {e}")
         return 1
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
+    except KeyboardInterrupt as e:
+        err_console.print(f"interrupted ({e})" if str(e) else "interrupted")
         return 130
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if args.debug:

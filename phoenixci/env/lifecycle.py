@@ -21,6 +21,7 @@ from phoenixci.env import ansible, gitrepo, hostkeys, site
 from phoenixci.env.state import EnvState, Host
 from phoenixci.errors import ConfigError, LeakError, PhoenixError
 from phoenixci.pipeline.retire import APP_STACK_PREFIX
+from phoenixci.signals import checkpoint, shielded
 from phoenixci.templates import load_template
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
 
             say("starting the local cloud (a daemon: it outlives this command) ...")
             daemon.start(Path(state.cloud_dir))
+            checkpoint("cloud")
         with get_backend(state.backend) as backend:
             _create(state, backend, admin_cidr=admin_cidr or "127.0.0.1/32", say=say, app_source=app_source)
     except BaseException as e:
@@ -78,8 +80,11 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
         state.save()
         if not keep_on_failure:
             say(f"`phoenixci up` failed ({state.error}); removing what it made ...")
-            with contextlib.suppress(PhoenixError):
+            try:
                 down(directory, say=say)
+            except PhoenixError as left:
+                say(f"teardown incomplete: {left}; remove the rest with `phoenixci down` "
+                    f"(PHOENIXCI_ENV_DIR={directory})")
         raise
     state.phase = "up"
     state.save()
@@ -105,6 +110,7 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
     state.save()
     say(f"creating the infrastructure stack {state.infra_stack} ...")
     infra = stacks.create(cfn, s3, state.infra_stack, load_template("infrastructure"), params, run_id=state.run_id)
+    checkpoint("stack")
     out = infra.outputs
     state.hosts = {
         "ci-server": Host("ci-server", out["CiServerInstanceId"], out["CiServerPrivateIp"], out.get("CiServerPublicIp", "")),
@@ -134,6 +140,7 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
     ssh = gitrepo.ssh_command(state.ssh_key, state.known_hosts)
     revision = gitrepo.create_app_repo(app_source, state.path / "app", state.git_remote)
     gitrepo.push(state.path / "app", ssh)
+    checkpoint("push")
     say(f"waiting until {revision[:12]} is built, deployed and served at {state.app_url} ...")
     site.wait_serving(state, revision)
     state.live_revision = revision
@@ -150,6 +157,7 @@ def _host_pattern(cidr: str) -> str:
 def converge(state: EnvState, backend: Backend, *, say: Say) -> ansible.PlaybookResult:
     """Run the playbook against the environment's CI hosts (again)."""
     say("configuring the CI server and agent with Ansible ...")
+    checkpoint("playbook")
     wheel = build_wheel(state.path / "dist")
     extra = site.playbook_vars(state, backend, wheel)
     inventory = ansible.write_inventory(state.path, run_id=state.run_id, region=backend.region,
@@ -178,24 +186,19 @@ def down(directory: Path, *, say: Say) -> list[str]:
     state = EnvState.load(directory)
     if state is None:
         raise ConfigError(f"no environment is up in {directory}: nothing to take down")
+    with shielded("teardown of the environment"):
+        return _down(state, directory, say)
+
+
+def _down(state: EnvState, directory: Path, say: Say) -> list[str]:
     state.phase = "removing"
     state.save()
     removed: list[str] = []
-    cloud_running = bool(state.cloud_dir) and _cloud_running(state.cloud_dir)
-    if not state.cloud_dir or cloud_running:
-        with get_backend(state.backend) as backend:
-            site.stop_worker(state)  # no release may start after the listing below
-            cfn, s3, ec2 = backend.client("cloudformation"), backend.client("s3"), backend.client("ec2")
-            for app in stacks.list_stacks(cfn, prefix=APP_STACK_PREFIX, run_id=state.run_id):
-                say(f"deleting {app.name} ...")
-                stacks.delete(cfn, s3, app.name)
-                removed.append(f"stack {app.name}")
-            removed += leaks.sweep(backend, state.run_id)
-            with contextlib.suppress(Exception):
-                ec2.delete_key_pair(KeyName=state.key_name)
-            left = leaks.leftovers(backend, state.run_id)
-            if left:
-                raise LeakError(f"still left after down: {'; '.join(left)}", leftovers=left)
+    cloud_ready = bool(state.cloud_dir) and _cloud_ready(state.cloud_dir)
+    if not state.cloud_dir or cloud_ready:
+        # on the local cloud this proves the run's resources are gone through the API before the
+        # daemon (and with it everything it made) stops; on AWS it is the teardown itself
+        removed += _remove_by_tag(state, say)
     if state.cloud_dir:
         from phoenixci.localcloud import daemon
 
@@ -213,7 +216,26 @@ def down(directory: Path, *, say: Say) -> list[str]:
     return removed
 
 
-def _cloud_running(cloud_dir: str) -> bool:
+def _remove_by_tag(state: EnvState, say: Say) -> list[str]:
+    removed: list[str] = []
+    with get_backend(state.backend) as backend:
+        site.stop_worker(state)  # no release may start after the listing below
+        cfn, s3, ec2 = backend.client("cloudformation"), backend.client("s3"), backend.client("ec2")
+        for app in stacks.list_stacks(cfn, prefix=APP_STACK_PREFIX, run_id=state.run_id):
+            say(f"deleting {app.name} ...")
+            stacks.delete(cfn, s3, app.name)
+            removed.append(f"stack {app.name}")
+        removed += leaks.sweep(backend, state.run_id)
+        with contextlib.suppress(Exception):
+            ec2.delete_key_pair(KeyName=state.key_name)
+        left = leaks.leftovers(backend, state.run_id)
+        if left:
+            raise LeakError(f"still left after down: {'; '.join(left)}", leftovers=left)
+    return removed
+
+
+def _cloud_ready(cloud_dir: str) -> bool:
+    """The environment's cloud daemon runs and answers (an interrupted start may not have)."""
     from phoenixci.localcloud import daemon
 
-    return daemon.running_pid(Path(cloud_dir)) is not None
+    return daemon.running_pid(Path(cloud_dir)) is not None and (Path(cloud_dir) / "env").exists()
