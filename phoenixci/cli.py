@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_host("cloud:cmd_leaks"))
     p = sub.add_parser("clean", parents=[common], help="delete what phoenixci runs left behind")
     p.add_argument("--run-id", default=None)
+    p.add_argument("--older-than", default=None, metavar="DURATION",
+                   help="only runs whose resources are at least this old: 90s, 30m, 2h, 1d")
     p.set_defaults(func=_host("cloud:cmd_clean"))
 
     p = sub.add_parser("package", help="package the app at a git revision")

@@ -6,13 +6,14 @@ pairs, VPCs, security groups, IAM roles and instance profiles.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 
 from botocore.exceptions import ClientError
 
 from phoenixci import stacks
 from phoenixci.backends import Backend
-from phoenixci.errors import LeakError
+from phoenixci.errors import ConfigError, LeakError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,49 @@ def assert_no_leftovers(backend: Backend, run_id: str) -> None:
     left = leftovers(backend, run_id)
     if left:
         raise LeakError(f"run {run_id} left {len(left)} resource(s): {'; '.join(left)}", leftovers=left)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1d`` → seconds; ConfigError for anything else."""
+    value, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(value) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise ConfigError(f"--older-than {text!r} is not a duration: use a number and a unit, "
+                          "e.g. 90s, 30m, 2h or 1d") from None
+    if seconds < 0:
+        raise ConfigError(f"--older-than {text!r} is negative")
+    return seconds
+
+
+def run_ages(backend: Backend) -> dict[str, float]:
+    """Run id → seconds since its oldest stack or key pair was created (what the tags can see)."""
+    cfn, ec2 = backend.client("cloudformation"), backend.client("ec2")
+    now = datetime.datetime.now(datetime.UTC)
+    ages: dict[str, float] = {}
+
+    def seen(run: str | None, created: datetime.datetime | None) -> None:
+        if run and created is not None:
+            ages[run] = max(ages.get(run, 0.0), (now - created).total_seconds())
+
+    for stack in stacks.list_stacks(cfn):
+        seen(stack.tags.get(TAG), stack.created)
+    for kp in ec2.describe_key_pairs()["KeyPairs"]:
+        seen(_tags(kp.get("Tags")).get(TAG), kp.get("CreateTime"))
+    return ages
+
+
+def sweep_older_than(backend: Backend, seconds: float, run_id: str | None = None) -> list[str]:
+    """Sweep every run (or ``run_id``) whose resources are at least ``seconds`` old."""
+    removed: list[str] = []
+    for run, age in sorted(run_ages(backend).items()):
+        if age >= seconds and run_id in (None, run):
+            log.info("run %s is %.0fs old: sweeping it", run, age)
+            removed += sweep(backend, run)
+    return removed
 
 
 def sweep(backend: Backend, run_id: str | None = None) -> list[str]:

@@ -4,6 +4,7 @@ Options (each with an environment fallback):
   --backend URL        PHOENIXCI_BACKEND   moto:// (default), aws://?region=…&profile=…
   --keep WHEN          PHOENIXCI_KEEP      never | on-failure | always (what to keep after the session)
   --admin-cidr CIDR    PHOENIXCI_ADMIN_CIDR
+  --run-id ID          PHOENIXCI_RUN_ID    the run id every resource of the session is tagged with
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep the session's stacks afterwards [env PHOENIXCI_KEEP]")
     group.addoption("--admin-cidr", default=os.environ.get("PHOENIXCI_ADMIN_CIDR", "127.0.0.1/32"),
                     help="CIDR allowed to reach the CI server's SSH and web UI [env PHOENIXCI_ADMIN_CIDR]")
+    group.addoption("--run-id", default=os.environ.get("PHOENIXCI_RUN_ID"),
+                    help="name the session's run (tag phoenixci:run-id); default a new phx-XXXXXXXX "
+                         "[env PHOENIXCI_RUN_ID]")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,11 +54,18 @@ def phoenix_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 
 @pytest.fixture(scope="session")
-def phoenix_run_id() -> str:
-    """The run id every resource of this session is tagged with."""
+def phoenix_run_id(request: pytest.FixtureRequest) -> str:
+    """The run id every resource of this session is tagged with (--run-id, or a new one)."""
+    import re
+
+    from phoenixci.errors import ConfigError
     from phoenixci.harness import new_run_id
 
-    return new_run_id()
+    given = request.config.getoption("--run-id")
+    # it names stacks and, through them, S3 buckets: lowercase, short enough for a bucket name
+    if given and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,23}", str(given)):
+        raise ConfigError(f"--run-id {given!r}: use 1-24 lowercase letters, digits or dashes")
+    return str(given) if given else new_run_id()
 
 
 @pytest.fixture(scope="session")

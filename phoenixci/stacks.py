@@ -35,6 +35,7 @@ class Stack:
     resources: list[dict[str, str]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, str] = field(default_factory=dict)
+    created: Any = None  # datetime of CreationTime, when the API gave one
 
     def output(self, key: str) -> str:
         try:
@@ -70,7 +71,8 @@ def describe(cfn: Any, name: str, *, resources: bool = True) -> Stack | None:
     stack = Stack(name=s["StackName"], stack_id=s["StackId"], status=s["StackStatus"],
                   outputs={o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])},
                   tags={t["Key"]: t["Value"] for t in s.get("Tags", [])},
-                  parameters={p["ParameterKey"]: p.get("ParameterValue", "") for p in s.get("Parameters", [])})
+                  parameters={p["ParameterKey"]: p.get("ParameterValue", "") for p in s.get("Parameters", [])},
+                  created=s.get("CreationTime"))
     if not resources:
         return stack
     with contextlib.suppress(ClientError):

@@ -112,9 +112,15 @@ def cmd_leaks(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    older = leaks.parse_duration(args.older_than) if args.older_than else None
     with _backend(args) as backend:
-        removed = leaks.sweep(backend, args.run_id)
-        left = leaks.leftovers(backend, args.run_id)
+        if older is None:
+            removed = leaks.sweep(backend, args.run_id)
+            left = leaks.leftovers(backend, args.run_id)
+        else:
+            removed = leaks.sweep_older_than(backend, older, args.run_id)
+            left = [item for run, age in leaks.run_ages(backend).items() if age >= older
+                    and args.run_id in (None, run) for item in leaks.leftovers(backend, run)]
     for item in removed:
         console.print(f"removed {item}")
     if left:
