@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from phoenixci import stacks
 from phoenixci.backends import DEFAULT_BACKEND, Backend, get_backend
-from phoenixci.errors import ConfigError, PhoenixError
+from phoenixci.errors import ConfigError, DeployError, PhoenixError
 
 log = logging.getLogger("phoenixci")
 
@@ -126,11 +126,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             published = find_published(backend.client("s3"), env.artifact_bucket, revision)
             key, sha256 = key or published.key, sha256 or published.sha256
         with _progress(f"deploying {revision}"):
-            result = deploy(backend.client("cloudformation"), backend.client("ec2"), backend.client("s3"),
-                            env, revision=revision, artifact_key=key,
-                            artifact_sha256=sha256, health_timeout=args.health_timeout,
-                            address_check=args.address_check, address_timeout=args.address_timeout,
-                            drain=args.drain)
+            try:
+                result = deploy(backend.client("cloudformation"), backend.client("ec2"), backend.client("s3"),
+                                env, revision=revision, artifact_key=key,
+                                artifact_sha256=sha256, health_timeout=args.health_timeout,
+                                address_check=args.address_check, address_timeout=args.address_timeout,
+                                drain=args.drain)
+            except DeployError as e:
+                if e.console:  # the failed server is gone: its console is all that is left of it
+                    err_console.print(f"console of the failed server (last lines):\n{e.console}")
+                raise
     console.print(f"{result.revision} serves on {result.instance_id} at {result.public_ip}; "
                   f"retired: {', '.join(result.retired) or 'none'}")
     if result.timings:

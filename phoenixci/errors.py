@@ -42,7 +42,12 @@ class PublishError(PhoenixError):
 
 
 class DeployError(PhoenixError):
-    """A phoenix deploy failed; the previous version keeps serving."""
+    """A phoenix deploy failed; the previous version keeps serving. ``console`` holds the end of
+    the failed server's console, saved before its stack was deleted (empty if unavailable)."""
+
+    def __init__(self, message: str, *, console: str = "") -> None:
+        super().__init__(message)
+        self.console = console
 
 
 class HealthCheckError(DeployError):

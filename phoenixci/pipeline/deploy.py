@@ -183,6 +183,7 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
                               tags={"phoenixci:revision": revision}, timeout=stack_timeout)
     except PhoenixError as e:
         raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
+    instance_id = ""
     try:
         clock.lap("stack")
         instance_id = stack.output("InstanceId")
@@ -195,8 +196,10 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
             wait_for_address(public_ip, env.app_port, revision, address_timeout)
         clock.lap("move")
     except (PhoenixError, ClientError, BotoCoreError) as e:
+        console = console_tail(ec2, instance_id)  # the server is gone once its stack is deleted
         _undo(cfn, ec2, s3, env, name, previous, moved, stack_timeout)
-        raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}") from e
+        raise DeployError(f"deploy of {revision} failed, {previous or 'nothing'} keeps serving: {e}",
+                          console=console) from e
     except BaseException:
         _undo(cfn, ec2, s3, env, name, previous, moved, stack_timeout)
         raise
@@ -215,6 +218,18 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
     clock.lap("retire")
     result.timings = clock.laps
     return result
+
+
+def console_tail(ec2: Any, instance_id: str, lines: int = 60) -> str:
+    """The last ``lines`` of an instance's console (cloud-init's output), or "" if unreadable."""
+    if not instance_id:
+        return ""
+    try:
+        text = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+    except (ClientError, BotoCoreError) as e:
+        log.warning("console of %s unreadable: %s", instance_id, e)
+        return ""
+    return "\n".join(str(text).splitlines()[-lines:])
 
 
 class _Clock:

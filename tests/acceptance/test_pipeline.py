@@ -236,6 +236,9 @@ def test_a_release_that_never_becomes_healthy_fails_at_deploy(pipeline_env: EnvS
     build = wait_build(pipeline_env, pushed.revision, timeout=600)
     results = step_results(build)
     assert results["publish"] == "success" and results["deploy"] == "failure", results
+    deploy_log = buildbot.step_log(pipeline_env.ci_url, build.build_id, "deploy")
+    # the failed server is gone with its stack: its console was saved into the step's log first
+    assert "console of the failed server" in deploy_log and "phoenixapp-bootstrap" in deploy_log, deploy_log[-3000:]
     assert stacks.describe(cfn, f"app-{pushed.revision}") is None, "the failed release's stack is left"
     assert app_holder(ec2, pipeline_env) == holder, "the Elastic IP moved"
     assert live(pipeline_env) == good

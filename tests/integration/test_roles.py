@@ -175,3 +175,12 @@ def test_agent_reads_its_own_infrastructure_stack_only(agent_role: Any, phoenix_
     assert found[0]["Outputs"]
     denied(cfn.describe_stacks, StackName="phoenixci-someone-else")
     denied(cfn.delete_stack, StackName=phoenix_infra.stack.name)
+
+
+def test_agent_reads_consoles_the_app_role_does_not(agent_role: Any, app_role: Any, phoenix_backend: Any,
+                                                    phoenix_infra: Infrastructure) -> None:
+    """A failed release's console is saved by the deploy step before its stack is deleted."""
+    server = phoenix_infra.stack.outputs["CiServerInstanceId"]
+    out = phoenix_backend.client("ec2", agent_role).get_console_output(InstanceId=server)
+    assert out["InstanceId"] == server
+    denied(phoenix_backend.client("ec2", app_role).get_console_output, InstanceId=server)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from phoenixci import stacks, util
-from phoenixci.errors import ConfigError, DeployError
+from phoenixci.errors import ConfigError, DeployError, HealthCheckError
 from phoenixci.pipeline import deploy as deploy_mod
 from phoenixci.pipeline import health
 from phoenixci.pipeline.deploy import DEFAULT_DRAIN, Environment, deploy
@@ -86,6 +86,11 @@ class World:
     def describe_instances(self, InstanceIds: list[str]) -> dict[str, Any]:  # noqa: N803
         return {"Reservations": [{"Instances": [{"PrivateIpAddress": "10.0.0.9"}]}]}
 
+    def get_console_output(self, InstanceId: str, Latest: bool) -> dict[str, Any]:  # noqa: N803
+        self.events.append(("console", InstanceId))
+        lines = [f"boot line {n}" for n in range(100)] + ["phoenixapp-bootstrap: FAILED: no artifact"]
+        return {"InstanceId": InstanceId, "Output": "\n".join(lines)}
+
 
 def healthy(target: Any, timeout: float) -> None:
     pass
@@ -122,9 +127,23 @@ def test_address_never_serving_moves_it_back_and_deletes_the_new_stack(monkeypat
         run(world, address_timeout=0.05)
     assert isinstance(info.value.__cause__, AddressCheckError)
     assert PUBLIC_EIP in str(info.value) and REV in str(info.value)
-    assert world.events == [("create", f"app-{REV}"), ("move", "i-new"), ("move", "i-old"),
+    assert world.events == [("create", f"app-{REV}"), ("move", "i-new"), ("console", "i-new"), ("move", "i-old"),
                             ("delete", f"app-{REV}")], "no drain, no retire: the old server keeps serving"
     assert world.holder == "i-old"
+
+
+def test_a_failed_release_keeps_its_console_before_the_stack_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(LOCAL_EIP, "i-old", monkeypatch)
+
+    def unhealthy(target: Any, timeout: float) -> None:
+        raise HealthCheckError("never healthy", last_state=None)
+
+    with pytest.raises(DeployError) as info:
+        deploy(None, world, None, ENV, revision=REV, artifact_key=f"app/{REV}/app.tar.gz",  # type: ignore[arg-type]
+               artifact_sha256=SHA, health_check=unhealthy, template=object())  # type: ignore[arg-type]
+    assert world.events.index(("console", "i-new")) < world.events.index(("delete", f"app-{REV}"))
+    assert info.value.console.endswith("phoenixapp-bootstrap: FAILED: no artifact")
+    assert len(info.value.console.splitlines()) == 60
 
 
 def test_first_release_timeout_leaves_the_address_unassociated(monkeypatch: pytest.MonkeyPatch) -> None:
