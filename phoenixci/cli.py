@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_host("env:cmd_status"))
     p = sub.add_parser("down", parents=[envdir], help="tear the environment down and prove nothing is left")
+    p.add_argument("--collect", action="store_true",
+                   help="first save builds' logs, consoles, journals and stack events into <env-dir>/logs")
     p.set_defaults(func=_host("env:cmd_down"))
     p = sub.add_parser("converge", parents=[envdir], help="run the playbook against the environment again")
     p.set_defaults(func=_host("env:cmd_converge"))

@@ -42,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     directory = env_dir(args.env_dir)
     started = time.monotonic()
-    removed = lifecycle.down(directory, say=_say)
+    removed = lifecycle.down(directory, say=_say, collect=args.collect)
     for item in removed:
         console.print(f"removed {item}", highlight=False)
     _say(f"[green]down in {time.monotonic() - started:.1f}s: nothing of the environment is left[/]")

@@ -78,6 +78,7 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
     except BaseException as e:
         state.phase, state.error = "failed", str(e) or type(e).__name__
         state.save()
+        save_run_directory(state, say)
         if not keep_on_failure:
             say(f"`phoenixci up` failed ({state.error}); removing what it made ...")
             try:
@@ -181,12 +182,26 @@ def build_wheel(out: Path) -> Path:
     return wheels[0]
 
 
-def down(directory: Path, *, say: Say) -> list[str]:
-    """Remove everything of the environment and prove nothing is left."""
+def save_run_directory(state: EnvState, say: Say) -> None:
+    """Gather builds' logs, consoles, journals and stack events before teardown (best effort)."""
+    from phoenixci.env.collect import collect
+
+    try:
+        with get_backend(state.backend) as backend:
+            say(f"run directory (logs, consoles, journals, stack events): {collect(state, backend)}")
+    except (PhoenixError, OSError) as e:
+        say(f"run directory {state.logs}: could not gather everything ({e})")
+
+
+def down(directory: Path, *, say: Say, collect: bool = False) -> list[str]:
+    """Remove everything of the environment and prove nothing is left (``collect``: save the
+    run directory first)."""
     state = EnvState.load(directory)
     if state is None:
         raise ConfigError(f"no environment is up in {directory}: nothing to take down")
     with shielded("teardown of the environment"):
+        if collect:
+            save_run_directory(state, say)
         return _down(state, directory, say)
 
 

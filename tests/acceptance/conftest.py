@@ -33,7 +33,10 @@ def pipeline_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         yield state
     finally:
         if EnvState.load(env_dir) is not None:
-            down = cli("down", env_dir=env_dir, check=False)
+            failed = request.session.testsfailed > 0  # keep what a debugging person needs
+            down = cli("down", *(["--collect"] if failed else []), env_dir=env_dir, check=False)
+            if failed:
+                print(f"\nrun directory of the failed session: {env_dir / 'logs'}")
             assert down.returncode == 0, f"phoenixci down failed:\n{down.stdout}\n{down.stderr}"
             assert "nothing of the environment is left" in down.stdout
 

@@ -56,6 +56,17 @@ def test_a_signal_in_any_phase_of_up_leaves_nothing(phase: str, tmp_path: Path) 
     assert "removing what it made" in proc.stdout
     assert "teardown incomplete" not in proc.stdout
     assert_nothing_left(env_dir)
+    if phase == "push":  # everything was up: the run directory holds each kind of log, after teardown
+        logs = env_dir / "logs"
+        assert f"run directory (logs, consoles, journals, stack events): {logs}" in proc.stdout
+        assert list(logs.glob("site-*.log")), "the playbook's output"
+        for host in ("ci-server", "ci-agent"):
+            assert "Cloud-init" in (logs / "instances" / f"{host}-cloud-init-output.log").read_text()
+            assert "systemd" in (logs / "instances" / f"{host}-journal.log").read_text()
+        assert any("SSH HOST KEY KEYS" in f.read_text() for f in (logs / "instances").glob("i-*-console.log"))
+        events = list((logs / "stack-events").glob("phoenixci-*.log"))
+        assert events and "CREATE_COMPLETE" in events[0].read_text()
+        assert (logs / "builds").is_dir()
 
 
 def test_a_second_signal_during_teardown_does_not_stop_it(tmp_path: Path) -> None:
