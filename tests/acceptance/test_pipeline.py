@@ -334,16 +334,19 @@ def test_the_builds_page_shows_every_build_and_its_result(pipeline_env: EnvState
     """Buildbot's own UI, rendered in headless Chromium as a visitor sees it (anonymous)."""
     builder = buildbot.get_json(pipeline_env.ci_url, "builders")["builders"][0]["builderid"]
     shot = artifacts_dir / "buildbot-builds.png"
-    text = chromium(f"{pipeline_env.ci_url}#/builders/{builder}", artifacts_dir, screenshot=shot)
     builds = buildbot.builds(pipeline_env.ci_url, limit=15)  # the page lists the newest ones
     assert len(builds) >= 5
-    rows = {}
-    for chunk in text.split(" main (")[1:]:
-        number = int(chunk.split(")", 1)[0])
-        rows[number] = chunk
+    rows: dict[int, str] = {}
+
+    def rendered() -> bool:  # the page fills in over its websocket: render again until every row is in
+        nonlocal rows
+        text = chromium(f"{pipeline_env.ci_url}#/builders/{builder}", artifacts_dir, screenshot=shot)
+        rows = {int(m.group(1)): m.group(2) for m in re.finditer(r"main \((\d+)\)(.*?)(?= main \(\d+\)|$)", text)}
+        return all(b.number in rows for b in builds)
+
+    wait_until(rendered, timeout=180, interval=1, what="the builds page to list every build")
     for build in builds:
-        row = rows.get(build.number)
-        assert row is not None, f"build #{build.number} is not on the page"
+        row = rows[build.number]
         assert build.revision in row
         expected = "build successful" if build.result == "success" else "failed"
         assert expected in row, f"build #{build.number} ({build.result}) shows: {row[:200]}"
