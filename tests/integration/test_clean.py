@@ -39,7 +39,9 @@ def test_older_than_removes_the_old_run_only(phoenix_backend: Any, tmp_path: Any
         ages = leaks.run_ages(phoenix_backend)
         assert ages["phx-clean-old"] > ages["phx-clean-new"] + 2.5
 
-        removed = leaks.sweep_older_than(phoenix_backend, 3.0)
+        # the session's own runs share this backend: scope each sweep to a run of this test
+        assert leaks.sweep_older_than(phoenix_backend, 3.0, run_id="phx-clean-new") == []
+        removed = leaks.sweep_older_than(phoenix_backend, 3.0, run_id="phx-clean-old")
         assert "stack clean-phx-clean-old" in removed and "key-pair clean-phx-clean-old" in removed
         assert not leaks.leftovers(phoenix_backend, "phx-clean-old")
         assert leaks.leftovers(phoenix_backend, "phx-clean-new"), "the fresh run must stay"
