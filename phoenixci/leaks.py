@@ -106,14 +106,14 @@ def run_ages(backend: Backend) -> dict[str, float]:
     return ages
 
 
+def old_runs(backend: Backend, seconds: float, run_id: str | None = None) -> list[str]:
+    """The runs (or ``run_id``) whose resources are at least ``seconds`` old."""
+    return sorted(run for run, age in run_ages(backend).items() if age >= seconds and run_id in (None, run))
+
+
 def sweep_older_than(backend: Backend, seconds: float, run_id: str | None = None) -> list[str]:
     """Sweep every run (or ``run_id``) whose resources are at least ``seconds`` old."""
-    removed: list[str] = []
-    for run, age in sorted(run_ages(backend).items()):
-        if age >= seconds and run_id in (None, run):
-            log.info("run %s is %.0fs old: sweeping it", run, age)
-            removed += sweep(backend, run)
-    return removed
+    return [item for run in old_runs(backend, seconds, run_id) for item in sweep(backend, run)]
 
 
 def sweep(backend: Backend, run_id: str | None = None) -> list[str]:

@@ -117,10 +117,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
         if older is None:
             removed = leaks.sweep(backend, args.run_id)
             left = leaks.leftovers(backend, args.run_id)
-        else:
-            removed = leaks.sweep_older_than(backend, older, args.run_id)
-            left = [item for run, age in leaks.run_ages(backend).items() if age >= older
-                    and args.run_id in (None, run) for item in leaks.leftovers(backend, run)]
+        else:  # the runs are chosen once: after the sweep their stacks no longer tell their age
+            runs = leaks.old_runs(backend, older, args.run_id)
+            removed = [item for run in runs for item in leaks.sweep(backend, run)]
+            left = [item for run in runs for item in leaks.leftovers(backend, run)]
     for item in removed:
         console.print(f"removed {item}")
     if left:

@@ -126,7 +126,7 @@ def _developer_pushes_a_change(state: EnvState, env_dir: Path) -> None:
 
 def _app_server(state: EnvState) -> str:
     """The instance the app's Elastic IP points to."""
-    ip = state.app_url.split("//", 1)[1].split(":", 1)[0]
+    ip, _ = state.app_address
     with get_backend(state.backend) as backend:
         found = backend.client("ec2").describe_addresses(PublicIps=[ip])["Addresses"]
     return str(found[0].get("InstanceId") or "nothing") if found else "nothing"

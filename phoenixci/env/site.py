@@ -104,13 +104,12 @@ def wait_serving(state: EnvState, revision: str, *, timeout: float = 600.0) -> N
     """Wait until the app address serves ``revision``; a failed build ends the wait at once."""
     from phoenixci.env import buildbot
 
-    address = state.app_url.split("//", 1)[1].rstrip("/")
-    host, port = address.rsplit(":", 1)
+    host, port = state.app_address
     last: Any = None
 
     def serving() -> bool:
         nonlocal last
-        obs = probe(host, int(port), timeout=2.0)
+        obs = probe(host, port, timeout=2.0)
         if obs.healthy_for(revision):
             return True
         build = buildbot.build_of(state.ci_url, revision)

@@ -56,6 +56,12 @@ class EnvState:
         return Path(self.directory)
 
     @property
+    def app_address(self) -> tuple[str, int]:
+        """(host, port) of the app's stable address (its Elastic IP)."""
+        host, _, port = self.app_url.split("//", 1)[1].rstrip("/").rpartition(":")
+        return host, int(port)
+
+    @property
     def ssh_key(self) -> Path:
         return self.path / "ssh" / "id_ed25519"
 

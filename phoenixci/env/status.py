@@ -31,8 +31,7 @@ def status(directory: Path, *, builds: int = 10) -> dict[str, Any]:
         "live_revision": None, "builds": [], "error": state.error or None,
     }
     if state.app_url:
-        host, port = state.app_url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
-        obs = probe(host, int(port), timeout=3.0)
+        obs = probe(*state.app_address, timeout=3.0)
         info["live_revision"] = (obs.version or {}).get("revision")
         if obs.error:
             info["app_error"] = obs.error

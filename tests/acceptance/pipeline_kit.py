@@ -89,7 +89,7 @@ def step_results(build: buildbot.Build) -> dict[str, str]:
 
 
 def app_holder(ec2: Any, state: EnvState) -> str | None:
-    ip = state.app_url.split("//", 1)[1].split(":", 1)[0]
+    ip, _ = state.app_address
     addr = ec2.describe_addresses(PublicIps=[ip])["Addresses"][0]
     return addr.get("InstanceId")
 

@@ -46,6 +46,14 @@ def live(state: EnvState) -> str:
     return str(served(state)["revision"])
 
 
+def push_stopped_at_test(state: EnvState, clone: Clone, message: str, files: dict[str, str | None]) -> str:
+    """Commit and push a hostile test; its build must stop at the test step. Returns that step's log."""
+    clone.commit(message, files)
+    build = wait_build(state, clone.push().revision)
+    assert step_results(build).get("test") == "failure"
+    return buildbot.step_log(state.ci_url, build.build_id, "test")
+
+
 def test_up_serves_the_first_commit(pipeline_env: EnvState, clone: Clone) -> None:
     """`phoenixci up` pushed app/ as the first commit of its own repository; it was built too."""
     first = clone.git("rev-list", "--max-parents=0", "HEAD").stdout.strip()
@@ -159,11 +167,7 @@ def test_take_the_agents_credentials():
 
 def test_a_commit_cannot_take_the_agents_credentials(pipeline_env: EnvState, clone: Clone) -> None:
     good = live(pipeline_env)
-    clone.commit("steal the agent's credentials", {"tests/test_thief.py": IMDS_THIEF})
-    pushed = clone.push()
-    build = wait_build(pipeline_env, pushed.revision)
-    assert step_results(build).get("test") == "failure"
-    log = buildbot.step_log(pipeline_env.ci_url, build.build_id, "test")
+    log = push_stopped_at_test(pipeline_env, clone, "steal the agent's credentials", {"tests/test_thief.py": IMDS_THIEF})
     assert "STOLEN" not in log and "AccessKeyId" not in log
     assert "Connection refused" in log or "URLError" in log, log[-2000:]
     assert live(pipeline_env) == good
@@ -202,11 +206,7 @@ def test_leave_something_behind():
 def test_untrusted_tests_cannot_reach_the_worker_or_outlive_their_step(pipeline_env: EnvState,
                                                                       clone: Clone) -> None:
     good = live(pipeline_env)
-    clone.commit("try to escape the test step", {"tests/test_escape.py": ESCAPE})
-    pushed = clone.push()
-    build = wait_build(pipeline_env, pushed.revision)
-    assert step_results(build).get("test") == "failure"
-    log = buildbot.step_log(pipeline_env.ci_url, build.build_id, "test")
+    log = push_stopped_at_test(pipeline_env, clone, "try to escape the test step", {"tests/test_escape.py": ESCAPE})
     assert "LEFT a sleeper" in log, log[-3000:]
     for what in ("read-worker-password", "list-worker-checkout", "write-phoenixci-venv", "write-pipeline-env",
                  "sudo"):
@@ -323,7 +323,7 @@ def test_status_shows_the_environment(pipeline_env: EnvState) -> None:
     assert info["live_revision"] == live(pipeline_env)
     assert set(info["hosts"]) == {"ci-server", "ci-agent"}
     assert info["builds"] and {"number", "revision", "result"} <= set(info["builds"][0])
-    obs = probe(*pipeline_env.app_url.split("//")[1].rstrip("/").rsplit(":", 1)[0:1], 8080)
+    obs = probe(*pipeline_env.app_address)
     assert obs.health_status == 200
     # every command finds the environment without --backend: leaks lists what the run has up
     leaks = cli("leaks", "--run-id", pipeline_env.run_id, env_dir=pipeline_env.path, check=False)

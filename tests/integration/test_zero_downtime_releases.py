@@ -16,11 +16,9 @@ import http.client
 import json
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +26,15 @@ from typing import Any
 
 import pytest
 
-from phoenixci import stacks
 from phoenixci.harness import Infrastructure
 from phoenixci.pipeline.deploy import DEFAULT_DRAIN, DeployResult, Environment, deploy
 from phoenixci.pipeline.package import package
 from phoenixci.pipeline.publish import publish
-from phoenixci.pipeline.retire import APP_STACK_PREFIX
-from phoenixci.util import wait_until
 
 pytestmark = pytest.mark.integration
 
 log = logging.getLogger(__name__)
 
-APP = Path(__file__).resolve().parents[2] / "app"
 RELEASES = 4
 RATE = 25.0             # requests per second against the Elastic IP
 LOAD_MAX_SECONDS = 300  # the load stops by itself after this long at the latest
@@ -119,32 +113,6 @@ class Load:
         self.ended = time.monotonic()
 
 
-@pytest.fixture
-def app_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    shutil.copytree(APP, repo / "app", ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "release 1")
-    return repo
-
-
-@pytest.fixture
-def cloud_env(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Iterator[Environment]:
-    """The deploy environment with the instance endpoint = the app subnet's API address."""
-    cloud = getattr(phoenix_backend, "cloud", None)
-    if cloud is None:
-        pytest.skip("needs the in-process local cloud (moto://) with real instances")
-    env = Environment.from_infra_stack(phoenix_infra.stack)
-    cidr = phoenix_backend.client("ec2").describe_subnets(SubnetIds=[env.subnet_id])["Subnets"][0]["CidrBlock"]
-    subnet = wait_until(lambda: cloud.status()["subnets"].get(cidr), timeout=60,
-                        what=f"the local cloud's bridge for {cidr}")
-    yield Environment(**{**env.__dict__, "endpoint_url": subnet["api_url"]})
-    cfn, s3 = phoenix_backend.client("cloudformation"), phoenix_backend.client("s3")
-    for stack in stacks.list_stacks(cfn, prefix=APP_STACK_PREFIX, run_id=phoenix_infra.run_id):
-        stacks.delete(cfn, s3, stack.name)
-
-
 def release(phoenix_backend: Any, phoenix_infra: Infrastructure, env: Environment, repo: Path, build: int,
             out: Path) -> tuple[DeployResult, float]:
     """package → publish → deploy as the agent role; returns the result and deploy()'s duration."""
@@ -160,9 +128,9 @@ def release(phoenix_backend: Any, phoenix_infra: Infrastructure, env: Environmen
 
 
 def test_releases_under_load_drop_nothing(phoenix_backend: Any, phoenix_infra: Infrastructure,
-                                         cloud_env: Environment, app_repo: Path, tmp_path: Path) -> None:
+                                         release_environment: Environment, app_repo: Path, tmp_path: Path) -> None:
     public_ip = phoenix_infra.stack.outputs["AppPublicIp"]
-    port = cloud_env.app_port
+    port = release_environment.app_port
     results: list[DeployResult] = []
     durations: list[float] = []
     returned: list[float] = []  # monotonic time at which each deploy() returned
@@ -172,7 +140,7 @@ def test_releases_under_load_drop_nothing(phoenix_backend: Any, phoenix_infra: I
             if n > 1:
                 (app_repo / "app" / "VERSION").write_text(f"1.{n}.0\n")
                 git(app_repo, "commit", "-q", "-am", f"release {n}")
-            result, took = release(phoenix_backend, phoenix_infra, cloud_env, app_repo, n, tmp_path / f"d{n}")
+            result, took = release(phoenix_backend, phoenix_infra, release_environment, app_repo, n, tmp_path / f"d{n}")
             returned.append(time.monotonic())
             try:
                 right_after.append(get_version(public_ip, port))
