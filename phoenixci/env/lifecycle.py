@@ -47,7 +47,7 @@ def check_backend(url: str) -> str:
 
 
 def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, keep_on_failure: bool = False,
-       app_source: Path = APP_SOURCE, run_id: str | None = None) -> EnvState:
+       app_source: Path = APP_SOURCE, run_id: str | None = None, health_timeout: float = 0) -> EnvState:
     scheme = check_backend(backend_url)
     existing = EnvState.load(directory)
     if existing is not None:
@@ -60,7 +60,10 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
         raise ConfigError("on aws:// pass --admin-cidr with your own public address (e.g. 203.0.113.7/32): "
                           "only it may reach the CI server's SSH and web UI")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = EnvState(directory=str(directory), backend=backend_url, run_id=run_id or harness.new_run_id())
+    if health_timeout < 0:
+        raise ConfigError(f"health timeout {health_timeout}: give a number of seconds > 0")
+    state = EnvState(directory=str(directory), backend=backend_url, run_id=run_id or harness.new_run_id(),
+                     health_timeout=health_timeout)
     if scheme == "moto":
         state.cloud_dir = str(directory / "cloud")
         query = parse_url(backend_url)[2]

@@ -29,6 +29,13 @@ LOCAL_HEALTH_TIMEOUT = 60
 AWS_HEALTH_TIMEOUT = 600
 
 
+def health_timeout(state: EnvState) -> float:
+    """Seconds the pipeline's deploy step gives a new server to serve its release."""
+    if state.health_timeout:
+        return state.health_timeout
+    return LOCAL_HEALTH_TIMEOUT if state.cloud_dir else AWS_HEALTH_TIMEOUT
+
+
 def import_key(ec2: Any, state: EnvState) -> None:
     """A new ed25519 key for the environment, imported as its EC2 key pair (tagged)."""
     key = ed25519.Ed25519PrivateKey.generate()
@@ -96,7 +103,7 @@ def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, A
         "git_push_keys": [push_key],
         "ci_server_private_ip": server.private_ip,
         "ci_buildbot_url": state.ci_url,
-        "phoenixci_health_timeout": LOCAL_HEALTH_TIMEOUT if state.cloud_dir else AWS_HEALTH_TIMEOUT,
+        "phoenixci_health_timeout": health_timeout(state),
     }
 
 

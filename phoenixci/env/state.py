@@ -47,6 +47,7 @@ class EnvState:
     git_remote: str = ""
     live_revision: str = ""
     instance_endpoint: str = ""  # the AWS API as instances reach it (local cloud only)
+    health_timeout: float = 0    # seconds a release has to become healthy (0: the backend's default)
     hosts: dict[str, Host] = field(default_factory=dict)
     error: str = ""
 
