@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     fresh = argparse.ArgumentParser(add_help=False)
     fresh.add_argument("--backend", default=os.environ.get("PHOENIXCI_BACKEND", DEFAULT_BACKEND),
                        help="moto:// (default), aws://?region=R&profile=P [env PHOENIXCI_BACKEND]")
+    fresh.add_argument("--accept-aws-cost", action="store_true",
+                       default=os.environ.get("PHOENIXCI_ACCEPT_AWS_COST", "").lower() in {"1", "true", "yes"},
+                       help="on aws://: accept the printed cost estimate; nothing is created there without it "
+                            "[env PHOENIXCI_ACCEPT_AWS_COST=1]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", parents=[fresh], help="run the main job on the chosen backend")

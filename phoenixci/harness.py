@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from phoenixci import stacks
+from phoenixci import images, stacks
 from phoenixci.backends import Backend
 from phoenixci.errors import ConfigError, PhoenixError
 from phoenixci.leaks import assert_no_leftovers
@@ -113,7 +113,7 @@ def infrastructure(backend: Backend, run_id: str, *, admin_cidr: str = "127.0.0.
             cleanup.callback(lambda: None if keeping() else shutil.rmtree(workdir, ignore_errors=True))
         key = cleanup.enter_context(key_pair(ec2, run_id, workdir, keep=keeping))
         params = {"RunId": run_id, "AdminCidr": admin_cidr, "KeyName": key.name,
-                  "ImageId": image_id or getattr(backend, "image_id", None) or default_image_id(ec2)}
+                  "ImageId": image_id or images.image_for(backend)}
         if getattr(backend, "cloud", None) is not None:
             # real networks on this machine: take a VPC range no other run uses right now
             from phoenixci.localcloud.addressing import free_vpc_cidr

@@ -30,6 +30,12 @@ def _say(message: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from phoenixci import costs
+
+    estimate = costs.require_acknowledgement(args.backend, args.accept_aws_cost, command="demo")
+    if estimate:  # aws://: the cost shown, then the account and the region's image checked, before anything exists
+        print(estimate, flush=True)
+        print(costs.preflight(args.backend), flush=True)
     if parse_url(args.backend)[0] == "localstack":  # no instances there: the infrastructure alone
         from phoenixci.commands.cloud import cmd_demo_infrastructure
 

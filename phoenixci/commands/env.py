@@ -21,6 +21,13 @@ def _say(message: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from phoenixci import costs
+
+    estimate = costs.require_acknowledgement(args.backend, args.accept_aws_cost, command="up")
+    if estimate:  # aws://: the cost shown, then the account and the region's image checked, before anything exists
+        console.print(estimate, highlight=False, markup=False)
+        if args.admin_cidr:  # without it `up` refuses below, before anything exists: no need to ask AWS first
+            _say(costs.preflight(args.backend))
     started = time.monotonic()
     directory = env_dir(args.env_dir)
     lifecycle.up(args.backend, directory, admin_cidr=args.admin_cidr, say=_say,

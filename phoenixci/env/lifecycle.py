@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from phoenixci import harness, leaks, stacks
+from phoenixci import harness, images, leaks, stacks
 from phoenixci.backends import Backend, get_backend, parse_url
 from phoenixci.env import ansible, gitrepo, hostkeys, site
 from phoenixci.env.state import EnvState, Host
@@ -104,7 +104,7 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
     state.save()
 
     params = {"RunId": state.run_id, "AdminCidr": admin_cidr, "KeyName": state.key_name,
-              "ImageId": getattr(backend, "image_id", None) or harness.default_image_id(ec2)}
+              "ImageId": images.image_for(backend)}
     if state.cloud_dir:
         from phoenixci.localcloud.addressing import free_vpc_cidr
 

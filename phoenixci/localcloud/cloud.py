@@ -227,7 +227,23 @@ class LocalCloud:
         ami.virtualization_type = "hvm"
         ami.root_device_name = "/dev/xvda"
         (self.state_dir / "image.json").write_text(json.dumps({"image_id": ami.id, "name": self.image.name}))
+        self._publish_image_parameter(str(ami.id))
         return str(ami.id)
+
+    def _publish_image_parameter(self, image_id: str) -> None:
+        """The AMI under Debian's public SSM name, as in AWS regions (see images.py); seeded as moto
+        seeds its own /aws/service parameters (PutParameter refuses the reserved /aws names); owned
+        by no account, as AWS's (ARN arn:aws:ssm:REGION::parameter/aws/…)."""
+        from moto.core.utils import utcnow
+        from moto.ssm.models import Parameter, ssm_backends
+
+        from phoenixci.images import DEBIAN_12_PARAMETER
+
+        versions = ssm_backends[ACCOUNT_ID][self.region]._parameters[DEBIAN_12_PARAMETER]
+        versions.append(Parameter(account_id="", name=DEBIAN_12_PARAMETER, value=image_id,  # type: ignore[abstract]
+                                  parameter_type="String", description=None, allowed_pattern=None,
+                                  keyid=None, last_modified_date=utcnow(), version=len(versions) + 1,
+                                  data_type="text"))
 
     def _bridge(self, cidr: str) -> Any:
         bridge = self._bridges.get(cidr)

@@ -142,7 +142,7 @@ def test_up_on_the_local_cloud_without_root_is_one_line(tmp_path: Path) -> None:
 
 
 def test_up_on_aws_needs_the_admin_cidr(tmp_path: Path) -> None:
-    proc = run_cli("up", "--backend", "aws://?region=eu-west-1", env_dir=tmp_path / "env")
+    proc = run_cli("up", "--backend", "aws://?region=eu-west-1", "--accept-aws-cost", env_dir=tmp_path / "env")
     one_line_error(proc, "--admin-cidr")
     assert not (tmp_path / "env").exists()
 
