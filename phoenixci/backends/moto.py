@@ -109,6 +109,25 @@ class MotoBackend(Backend):
             return str(json.loads(ready.read_text())["image_id"]) if ready.exists() else None
         return None
 
+    @property
+    def runs_instances(self) -> bool:
+        """Real instances behind the API (in this process or in an attached daemon)."""
+        return self._cloud is not None or bool(self._attach)
+
+    def local_subnet(self, cidr: str) -> dict[str, str]:
+        """The local cloud's gateway services for a subnet it serves (api_url, mirror_url,
+        gateway, bridge); empty until the cloud has made the subnet's bridge."""
+        if self._cloud is not None:
+            status = self._cloud.status()
+        elif self._attach:  # the daemon's (or an in-process cloud's) last status
+            try:
+                status = json.loads((Path(self._attach) / "status.json").read_text())
+            except (OSError, ValueError):
+                return {}
+        else:
+            return {}
+        return dict(status.get("subnets", {}).get(cidr) or {})
+
     def instance_role_session(self, role_arn: str, session_name: str = "phoenixci-test") -> boto3.Session:
         if self._attached is not None:
             return super().instance_role_session(role_arn, session_name)

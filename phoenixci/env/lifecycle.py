@@ -96,25 +96,45 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
 
 
 def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app_source: Path) -> None:
-    cfn, ec2, s3 = backend.client("cloudformation"), backend.client("ec2"), backend.client("s3")
+    ec2 = backend.client("ec2")
     key_dir = state.ssh_key.parent
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state.key_name = f"phoenixci-{state.run_id}"
     site.import_key(ec2, state)
     state.save()
+    say(f"creating the infrastructure stack {harness.infra_stack_name(state.run_id)} ...")
+    infra = create_infra(state, backend, admin_cidr=admin_cidr)
+    checkpoint("stack")
+    say("waiting for the CI server and agent to boot (host keys from their consoles) ...")
+    pin_ci_hosts(state, backend, infra)
+    converge(state, backend, say=say)
+    say("pushing the app as the first commit of its own repository ...")
+    revision = push_app(state, app_source)
+    checkpoint("push")
+    say(f"waiting until {revision[:12]} is built, deployed and served at {state.app_url} ...")
+    site.wait_serving(state, revision)
+    state.live_revision = revision
 
+
+def create_infra(state: EnvState, backend: Backend, *, admin_cidr: str) -> stacks.Stack:
+    """Create the run's infrastructure stack (the key pair exists); record its hosts and URLs."""
+    cfn, ec2, s3 = backend.client("cloudformation"), backend.client("ec2"), backend.client("s3")
     params = {"RunId": state.run_id, "AdminCidr": admin_cidr, "KeyName": state.key_name,
               "ImageId": images.image_for(backend)}
-    if state.cloud_dir:
+    if site.runs_local_instances(backend):
         from phoenixci.localcloud.addressing import free_vpc_cidr
 
         vpc = free_vpc_cidr(state.run_id)
         params.update(VpcCidr=vpc, SubnetCidr=vpc.replace(".0.0/16", ".1.0/24"))
     state.infra_stack = harness.infra_stack_name(state.run_id)
     state.save()
-    say(f"creating the infrastructure stack {state.infra_stack} ...")
     infra = stacks.create(cfn, s3, state.infra_stack, load_template("infrastructure"), params, run_id=state.run_id)
-    checkpoint("stack")
+    record_hosts(state, ec2, infra)
+    return infra
+
+
+def record_hosts(state: EnvState, ec2: object, infra: stacks.Stack) -> None:
+    """The CI hosts and the run's URLs, from the infrastructure stack's outputs."""
     out = infra.outputs
     state.hosts = {
         "ci-server": Host("ci-server", out["CiServerInstanceId"], out["CiServerPrivateIp"], out.get("CiServerPublicIp", "")),
@@ -127,27 +147,26 @@ def _create(state: EnvState, backend: Backend, *, admin_cidr: str, say: Say, app
     state.app_url = f"http://{out['AppPublicIp']}:8080/"
     state.save()
 
-    say("waiting for the CI server and agent to boot (host keys from their consoles) ...")
+
+def pin_ci_hosts(state: EnvState, backend: Backend, infra: stacks.Stack) -> None:
+    """Pin the CI hosts' SSH host keys from their consoles; write the run's ssh_config."""
+    ec2 = backend.client("ec2")
     lines: list[str] = []
     for host in state.hosts.values():
         keys = hostkeys.wait_for_host_keys(ec2, host.instance_id)
         lines += hostkeys.known_hosts_lines([host.private_ip, host.public_ip], keys)
     hostkeys.write_known_hosts(state.known_hosts, lines)
-    subnet = infra.parameters.get("SubnetCidr") or params.get("SubnetCidr", "")
     hostkeys.ssh_config(state.ssh_config, key=state.ssh_key, known_hosts=state.known_hosts,
                         hosts={name: h.address for name, h in state.hosts.items()},
-                        jump_pattern=_host_pattern(subnet))
+                        jump_pattern=_host_pattern(infra.parameters.get("SubnetCidr", "")))
 
-    converge(state, backend, say=say)
 
-    say("pushing the app as the first commit of its own repository ...")
+def push_app(state: EnvState, app_source: Path = APP_SOURCE) -> str:
+    """Push ``app_source`` as the first commit of the CI server's repository; return its revision."""
     ssh = gitrepo.ssh_command(state.ssh_key, state.known_hosts)
     revision = gitrepo.create_app_repo(app_source, state.path / "app", state.git_remote)
     gitrepo.push(state.path / "app", ssh)
-    checkpoint("push")
-    say(f"waiting until {revision[:12]} is built, deployed and served at {state.app_url} ...")
-    site.wait_serving(state, revision)
-    state.live_revision = revision
+    return revision
 
 
 def _host_pattern(cidr: str) -> str:

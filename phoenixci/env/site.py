@@ -33,7 +33,7 @@ def health_timeout(state: EnvState) -> float:
     """Seconds the pipeline's deploy step gives a new server to serve its release."""
     if state.health_timeout:
         return state.health_timeout
-    return LOCAL_HEALTH_TIMEOUT if state.cloud_dir else AWS_HEALTH_TIMEOUT
+    return LOCAL_HEALTH_TIMEOUT if state.backend.startswith("moto:") else AWS_HEALTH_TIMEOUT
 
 
 def import_key(ec2: Any, state: EnvState) -> None:
@@ -59,19 +59,21 @@ def public_ip(ec2: Any, instance_id: str) -> str:
     return str(inst.get("PublicIpAddress") or "")
 
 
-def _local_cloud_subnet(state: EnvState, subnet_cidr: str) -> dict[str, str]:
+def _local_cloud_subnet(backend: Backend, subnet_cidr: str) -> dict[str, str]:
     """The local cloud's gateway services for the run's subnet (API and wheelhouse)."""
-    from phoenixci.localcloud import daemon
-
     found: dict[str, str] = {}
 
     def listed() -> bool:
         nonlocal found
-        found = daemon.status(Path(state.cloud_dir)).get("subnets", {}).get(subnet_cidr) or {}
+        found = backend.local_subnet(subnet_cidr)  # type: ignore[attr-defined]
         return bool(found)
 
     wait_until(listed, timeout=60, interval=0.2, what=f"the local cloud to serve subnet {subnet_cidr}")
     return found
+
+
+def runs_local_instances(backend: Backend) -> bool:
+    return bool(getattr(backend, "runs_instances", False))
 
 
 def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, Any]:
@@ -83,9 +85,9 @@ def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, A
         raise PhoenixError(f"infrastructure stack {state.infra_stack} does not exist on {backend.url}: "
                            "`phoenixci up` creates it")
     pip_source_args, endpoint = "", ""
-    if state.cloud_dir:
+    if runs_local_instances(backend):
         subnet = infra.parameters["SubnetCidr"]
-        gateway = _local_cloud_subnet(state, subnet)
+        gateway = _local_cloud_subnet(backend, subnet)
         host = str(ipaddress.ip_address(gateway["gateway"]))
         pip_source_args = f"--no-index --find-links {gateway['mirror_url']} --trusted-host {host}"
         endpoint = gateway["api_url"]

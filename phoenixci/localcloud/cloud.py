@@ -179,8 +179,8 @@ class LocalCloud:
         self._bridges.clear()
         if self.api.port is not None:
             self.api.stop()
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / "env").unlink()
+        for name in ("env", "status.json"):
+            (self.state_dir / name).unlink(missing_ok=True)
         if self.runtime is not None:
             release_tag(self.runtime.tag, self.state_dir)
         if left:
@@ -205,11 +205,25 @@ class LocalCloud:
                      for v in sorted(snap.instances.values(), key=lambda v: v.instance_id)]
         return {"state_dir": str(self.state_dir), "endpoint_url": self.api.endpoint_url,
                 "region": self.region, "image_id": self.image_id,
-                "subnets": {cidr: {"bridge": b.name, "gateway": b.gateway_ip,
-                                   "api_url": f"http://{b.gateway_ip}:{self.api.port}",
-                                   "mirror_url": f"http://{b.gateway_ip}:{MIRROR_PORT}/"}
-                            for cidr, b in self._bridges.items()},
-                "instances": instances}
+                "subnets": self._subnets(), "instances": instances}
+
+    def _subnets(self) -> dict[str, dict[str, str]]:
+        return {cidr: {"bridge": b.name, "gateway": b.gateway_ip, "api_url": f"http://{b.gateway_ip}:{self.api.port}",
+                       "mirror_url": f"http://{b.gateway_ip}:{MIRROR_PORT}/"}
+                for cidr, b in list(self._bridges.items())}
+
+    def _publish_subnets(self) -> None:
+        """status.json's subnets for other processes attached to this cloud (a daemon rewrites
+        the whole file every second; an in-process cloud only when a subnet appears)."""
+        path = self.state_dir / "status.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data["subnets"] = self._subnets()
+        tmp = path.with_suffix(".subnets.tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(path)
 
     # -- reconciler hooks ------------------------------------------------------------------
     def _ec2(self) -> Any:
@@ -257,6 +271,7 @@ class LocalCloud:
             assert self.wheelhouse is not None
             self._mirrors[bridge.gateway_ip] = MirrorServer(self.wheelhouse, host=bridge.gateway_ip,
                                                             port=MIRROR_PORT).start()
+            self._publish_subnets()
         return bridge
 
     def _start_imds(self, gateway_ip: str) -> Any:

@@ -30,10 +30,10 @@ def params(infra: Infrastructure, **override: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def app_stack(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Any:
+def app_stack(phoenix_backend: Any, scratch_infra: Infrastructure) -> Any:
     cfn, s3 = phoenix_backend.client("cloudformation"), phoenix_backend.client("s3")
-    with stacks.managed(cfn, s3, f"app-{REVISION}", load_template("app-server"), params(phoenix_infra),
-                        run_id=phoenix_infra.run_id) as stack:
+    with stacks.managed(cfn, s3, f"app-{REVISION}", load_template("app-server"), params(scratch_infra),
+                        run_id=scratch_infra.run_id) as stack:
         yield stack
     assert stacks.describe(cfn, f"app-{REVISION}") is None
 
@@ -43,21 +43,21 @@ def _instance(phoenix_backend: Any, stack: Any) -> dict[str, Any]:
     return dict(ec2.describe_instances(InstanceIds=[stack.output("InstanceId")])["Reservations"][0]["Instances"][0])
 
 
-def test_instance_properties(phoenix_backend: Any, phoenix_infra: Infrastructure, app_stack: Any) -> None:
+def test_instance_properties(phoenix_backend: Any, scratch_infra: Infrastructure, app_stack: Any) -> None:
     inst = _instance(phoenix_backend, app_stack)
-    out = phoenix_infra.stack.outputs
+    out = scratch_infra.stack.outputs
     assert inst["State"]["Name"] == "running"
     assert inst["SubnetId"] == out["SubnetId"]
     assert [g["GroupId"] for g in inst["SecurityGroups"]] == [out["AppSecurityGroupId"]]
     assert inst["MetadataOptions"]["HttpTokens"] == "required"
     assert inst["IamInstanceProfile"]["Arn"].endswith("/" + out["AppInstanceProfile"])
-    assert inst["KeyName"] == phoenix_infra.key.name
+    assert inst["KeyName"] == scratch_infra.key.name
     assert inst["PrivateIpAddress"] == app_stack.output("PrivateIp")
     tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
-    assert tags["phoenixci:run-id"] == phoenix_infra.run_id
+    assert tags["phoenixci:run-id"] == scratch_infra.run_id
     assert tags["phoenixci:revision"] == REVISION
     assert tags["Name"] == f"app-{REVISION}"
-    assert app_stack.tags["phoenixci:run-id"] == phoenix_infra.run_id
+    assert app_stack.tags["phoenixci:run-id"] == scratch_infra.run_id
 
 
 def test_user_data_fetches_verifies_then_starts(phoenix_backend: Any, app_stack: Any) -> None:
@@ -76,11 +76,11 @@ def test_user_data_fetches_verifies_then_starts(phoenix_backend: Any, app_stack:
     assert config["runcmd"] == [["/usr/local/lib/phoenixapp/bootstrap.sh"]]
 
 
-def test_launch_template_goes_with_the_stack(phoenix_backend: Any, phoenix_infra: Infrastructure) -> None:
+def test_launch_template_goes_with_the_stack(phoenix_backend: Any, scratch_infra: Infrastructure) -> None:
     cfn, s3, ec2 = (phoenix_backend.client(s) for s in ("cloudformation", "s3", "ec2"))
     name = "app-" + "9" * 40
     stack = stacks.create(cfn, s3, name, load_template("app-server"),
-                          params(phoenix_infra, Revision="9" * 40), run_id=phoenix_infra.run_id)
+                          params(scratch_infra, Revision="9" * 40), run_id=scratch_infra.run_id)
     template_id = stack.physical_id("AppLaunchTemplate")
     assert ec2.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
     stacks.delete(cfn, s3, name)
@@ -89,12 +89,12 @@ def test_launch_template_goes_with_the_stack(phoenix_backend: Any, phoenix_infra
 
 
 def test_failure_names_the_stack_the_resource_and_the_reason(phoenix_backend: Any,
-                                                             phoenix_infra: Infrastructure) -> None:
+                                                             scratch_infra: Infrastructure) -> None:
     cfn, s3 = phoenix_backend.client("cloudformation"), phoenix_backend.client("s3")
     name = "app-" + "e" * 40
-    bad = params(phoenix_infra, Revision="e" * 40, SubnetId="subnet-0000000000000dead")
+    bad = params(scratch_infra, Revision="e" * 40, SubnetId="subnet-0000000000000dead")
     with pytest.raises(StackError) as info:
-        stacks.create(cfn, s3, name, load_template("app-server"), bad, run_id=phoenix_infra.run_id)
+        stacks.create(cfn, s3, name, load_template("app-server"), bad, run_id=scratch_infra.run_id)
     err = info.value
     assert err.stack == name and err.resource == "AppServer"
     assert name in str(err) and "AppServer" in str(err) and "subnet-0000000000000dead" in str(err)

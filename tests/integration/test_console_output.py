@@ -13,13 +13,13 @@ from phoenixci.harness import Infrastructure
 pytestmark = pytest.mark.integration
 
 
-def test_console_carries_the_instances_own_host_key(phoenix_backend: Any, phoenix_infra: Infrastructure) -> None:
+def test_console_carries_the_instances_own_host_key(phoenix_backend: Any, scratch_infra: Infrastructure) -> None:
     ec2 = phoenix_backend.client("ec2")
-    server = phoenix_infra.stack.outputs["CiServerInstanceId"]
+    server = scratch_infra.stack.outputs["CiServerInstanceId"]
     keys = wait_for_host_keys(ec2, server, timeout=120)
     # the key cloud-init generated inside this instance, read from its disk by the runtime
     assert keys == [phoenix_backend.cloud.runtime.ssh_host_key(server)]
-    agent = phoenix_infra.stack.outputs["CiAgentInstanceId"]
+    agent = scratch_infra.stack.outputs["CiAgentInstanceId"]
     assert wait_for_host_keys(ec2, agent, timeout=120) != keys, "host keys must differ per instance"
     text = ec2.get_console_output(InstanceId=server)["Output"]
     assert "Cloud-init" in text and "Linux version 2.6.16-xenU" not in text

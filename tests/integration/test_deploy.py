@@ -41,14 +41,14 @@ class Health:
 
 
 @pytest.fixture(scope="module")
-def agent(phoenix_backend: Any, phoenix_infra: Infrastructure) -> dict[str, Any]:
-    session = phoenix_backend.instance_role_session(phoenix_infra.stack.outputs["AgentRoleArn"], "deploy-test")
+def agent(phoenix_backend: Any, scratch_infra: Infrastructure) -> dict[str, Any]:
+    session = phoenix_backend.instance_role_session(scratch_infra.stack.outputs["AgentRoleArn"], "deploy-test")
     return {name: phoenix_backend.client(name, session) for name in ("cloudformation", "ec2", "s3")}
 
 
 @pytest.fixture(scope="module")
-def env(phoenix_infra: Infrastructure) -> Environment:
-    return Environment.from_infra_stack(phoenix_infra.stack)
+def env(scratch_infra: Infrastructure) -> Environment:
+    return Environment.from_infra_stack(scratch_infra.stack)
 
 
 @pytest.fixture
@@ -57,10 +57,10 @@ def health() -> Health:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_app_stacks_left(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Iterator[None]:
+def no_app_stacks_left(phoenix_backend: Any, scratch_infra: Infrastructure) -> Iterator[None]:
     yield
     cfn, s3 = phoenix_backend.client("cloudformation"), phoenix_backend.client("s3")
-    for stack in stacks.list_stacks(cfn, prefix="app-", run_id=phoenix_infra.run_id):
+    for stack in stacks.list_stacks(cfn, prefix="app-", run_id=scratch_infra.run_id):
         stacks.delete(cfn, s3, stack.name)
 
 
@@ -75,14 +75,14 @@ def app_stacks(phoenix_backend: Any, run_id: str) -> list[str]:
                                                run_id=run_id)]
 
 
-def test_phoenix_sequence(phoenix_backend: Any, phoenix_infra: Infrastructure, agent: dict[str, Any],
+def test_phoenix_sequence(phoenix_backend: Any, scratch_infra: Infrastructure, agent: dict[str, Any],
                           env: Environment, health: Health) -> None:
     ec2 = phoenix_backend.client("ec2")
     before = eip_holder(ec2, env.eip_allocation_id)[0]
     first = run(agent, env, rev(1), health)
     assert first.previous_instance_id == before
     assert eip_holder(ec2, env.eip_allocation_id)[0] == first.instance_id
-    assert first.public_ip == phoenix_infra.stack.outputs["AppPublicIp"]
+    assert first.public_ip == scratch_infra.stack.outputs["AppPublicIp"]
     assert [c.instance_id for c in health.calls] == [first.instance_id]
     assert health.calls[0].revision == rev(1) and health.calls[0].port == 8080
 
@@ -91,7 +91,7 @@ def test_phoenix_sequence(phoenix_backend: Any, phoenix_infra: Infrastructure, a
     assert second.previous_instance_id == first.instance_id
     assert eip_holder(ec2, env.eip_allocation_id) == (second.instance_id, first.public_ip)
     assert second.retired == [app_stack_name(rev(1))]
-    assert app_stacks(phoenix_backend, phoenix_infra.run_id) == [app_stack_name(rev(2))]
+    assert app_stacks(phoenix_backend, scratch_infra.run_id) == [app_stack_name(rev(2))]
     old = ec2.describe_instances(InstanceIds=[first.instance_id])["Reservations"][0]["Instances"][0]
     assert old["State"]["Name"] == "terminated"
 
@@ -99,7 +99,7 @@ def test_phoenix_sequence(phoenix_backend: Any, phoenix_infra: Infrastructure, a
     assert again.already_live and again.instance_id == second.instance_id
 
 
-def test_failed_health_gate_keeps_the_old_server(phoenix_backend: Any, phoenix_infra: Infrastructure,
+def test_failed_health_gate_keeps_the_old_server(phoenix_backend: Any, scratch_infra: Infrastructure,
                                                  agent: dict[str, Any], env: Environment,
                                                  health: Health) -> None:
     ec2 = phoenix_backend.client("ec2")
@@ -111,7 +111,7 @@ def test_failed_health_gate_keeps_the_old_server(phoenix_backend: Any, phoenix_i
     assert rev(4) in message and live.instance_id in message and "keeps serving" in message
     assert isinstance(info.value.__cause__, HealthCheckError)
     assert eip_holder(ec2, env.eip_allocation_id)[0] == live.instance_id
-    assert app_stacks(phoenix_backend, phoenix_infra.run_id) == [app_stack_name(rev(3))]
+    assert app_stacks(phoenix_backend, scratch_infra.run_id) == [app_stack_name(rev(3))]
     state = ec2.describe_instances(InstanceIds=[live.instance_id])["Reservations"][0]["Instances"][0]
     assert state["State"]["Name"] == "running"
     probed = health.calls[-1].instance_id
@@ -119,16 +119,16 @@ def test_failed_health_gate_keeps_the_old_server(phoenix_backend: Any, phoenix_i
     assert gone["State"]["Name"] == "terminated", "the failed new server must not be left running"
 
 
-def test_failed_stack_leaves_nothing_and_old_server_serves(phoenix_backend: Any, phoenix_infra: Infrastructure,
+def test_failed_stack_leaves_nothing_and_old_server_serves(phoenix_backend: Any, scratch_infra: Infrastructure,
                                                            agent: dict[str, Any], env: Environment,
                                                            health: Health) -> None:
     ec2 = phoenix_backend.client("ec2")
     live = run(agent, env, rev(5), health)
-    bad = Environment(**{**env.__dict__, "instance_profile": phoenix_infra.stack.outputs["AgentInstanceProfile"]})
+    bad = Environment(**{**env.__dict__, "instance_profile": scratch_infra.stack.outputs["AgentInstanceProfile"]})
     with pytest.raises(DeployError, match="PassRole"):
         run(agent, bad, rev(6), health)
     assert eip_holder(ec2, env.eip_allocation_id)[0] == live.instance_id
-    assert app_stacks(phoenix_backend, phoenix_infra.run_id) == [app_stack_name(rev(5))]
+    assert app_stacks(phoenix_backend, scratch_infra.run_id) == [app_stack_name(rev(5))]
     # the next run does not trip over a ROLLBACK_COMPLETE leftover
     assert run(agent, env, rev(6), health).previous_instance_id == live.instance_id
 

@@ -45,13 +45,13 @@ def name_at(ip: str, timeout: float = 3.0) -> str:
 
 
 @pytest.fixture
-def servers(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Iterator[dict[str, Any]]:
+def servers(phoenix_backend: Any, scratch_infra: Infrastructure) -> Iterator[dict[str, Any]]:
     cloud = getattr(phoenix_backend, "cloud", None)
     if cloud is None:
         pytest.skip("needs the in-process local cloud (moto://) with real instances")
     ec2 = phoenix_backend.client("ec2")
-    outputs = phoenix_infra.stack.outputs
-    tags = [{"Key": "phoenixci:run-id", "Value": phoenix_infra.run_id}]
+    outputs = scratch_infra.stack.outputs
+    tags = [{"Key": "phoenixci:run-id", "Value": scratch_infra.run_id}]
     undo: list[Callable[[], Any]] = []
     found: dict[str, Any] = {"ec2": ec2, "cloud": cloud}
     try:

@@ -19,9 +19,9 @@ DEFAULT_VPC_CIDR = "10.42.0.0/16"
 
 
 @pytest.fixture(scope="module")
-def vpc_cidr(phoenix_infra: Infrastructure) -> str:
+def vpc_cidr(scratch_infra: Infrastructure) -> str:
     """The template's default, unless the harness picked a free range on this machine."""
-    return phoenix_infra.stack.parameters.get("VpcCidr") or DEFAULT_VPC_CIDR
+    return scratch_infra.stack.parameters.get("VpcCidr") or DEFAULT_VPC_CIDR
 
 
 def _policy_actions(document: dict[str, Any]) -> list[str]:
@@ -51,8 +51,8 @@ def s3(phoenix_backend: Any) -> Any:
     return phoenix_backend.client("s3")
 
 
-def test_network(phoenix_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
-    out = phoenix_infra.stack.outputs
+def test_network(scratch_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
+    out = scratch_infra.stack.outputs
     vpc = ec2.describe_vpcs(VpcIds=[out["VpcId"]])["Vpcs"][0]
     assert vpc["CidrBlock"] == vpc_cidr
     subnet = ec2.describe_subnets(SubnetIds=[out["SubnetId"]])["Subnets"][0]
@@ -80,9 +80,9 @@ def _ingress(ec2: Any, group_id: str) -> set[tuple[int, str]]:
     return rules
 
 
-def test_security_groups(phoenix_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
-    out = phoenix_infra.stack.outputs
-    admin = phoenix_infra.stack.parameters["AdminCidr"]
+def test_security_groups(scratch_infra: Infrastructure, ec2: Any, vpc_cidr: str) -> None:
+    out = scratch_infra.stack.outputs
+    admin = scratch_infra.stack.parameters["AdminCidr"]
     agent = out["CiAgentSecurityGroupId"]
     # the CI server: SSH and the web UI for the admin; git fetch and the worker port for the agent only
     assert _ingress(ec2, out["CiSecurityGroupId"]) == {(22, admin), (8010, admin), (22, agent), (9989, agent)}
@@ -91,9 +91,9 @@ def test_security_groups(phoenix_infra: Infrastructure, ec2: Any, vpc_cidr: str)
     assert _ingress(ec2, out["AppSecurityGroupId"]) == {(8080, "0.0.0.0/0"), (22, vpc_cidr)}
 
 
-def test_artifact_bucket(phoenix_infra: Infrastructure, s3: Any) -> None:
-    bucket = phoenix_infra.stack.outputs["ArtifactBucket"]
-    assert bucket.startswith(f"phoenixci-{phoenix_infra.run_id}".lower()), "no fixed global name"
+def test_artifact_bucket(scratch_infra: Infrastructure, s3: Any) -> None:
+    bucket = scratch_infra.stack.outputs["ArtifactBucket"]
+    assert bucket.startswith(f"phoenixci-{scratch_infra.run_id}".lower()), "no fixed global name"
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
@@ -105,7 +105,7 @@ def test_artifact_bucket(phoenix_infra: Infrastructure, s3: Any) -> None:
            and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)]
     assert tls, f"no TLS-only deny statement in {policy}"
     tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
-    assert tags["phoenixci:run-id"] == phoenix_infra.run_id
+    assert tags["phoenixci:run-id"] == scratch_infra.run_id
 
 
 def _role_name(arn: str) -> str:
@@ -113,9 +113,9 @@ def _role_name(arn: str) -> str:
 
 
 @pytest.mark.parametrize("output", ["AppRoleArn", "AgentRoleArn", "CiServerRoleArn"])
-def test_roles_trust_only_ec2_and_have_no_wildcard_actions(phoenix_infra: Infrastructure, iam: Any,
+def test_roles_trust_only_ec2_and_have_no_wildcard_actions(scratch_infra: Infrastructure, iam: Any,
                                                            output: str) -> None:
-    name = _role_name(phoenix_infra.stack.outputs[output])
+    name = _role_name(scratch_infra.stack.outputs[output])
     role = iam.get_role(RoleName=name)["Role"]
     trust = _doc(role["AssumeRolePolicyDocument"])
     principals = [st["Principal"] for st in trust["Statement"]]
@@ -128,8 +128,8 @@ def test_roles_trust_only_ec2_and_have_no_wildcard_actions(phoenix_infra: Infras
     assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
 
 
-def test_app_role_reads_only_app_objects(phoenix_infra: Infrastructure, iam: Any) -> None:
-    out = phoenix_infra.stack.outputs
+def test_app_role_reads_only_app_objects(scratch_infra: Infrastructure, iam: Any) -> None:
+    out = scratch_infra.stack.outputs
     name = _role_name(out["AppRoleArn"])
     statements = []
     for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
@@ -142,15 +142,15 @@ def test_app_role_reads_only_app_objects(phoenix_infra: Infrastructure, iam: Any
         ("Allow", ["s3:GetObject"], [f"{out['ArtifactBucketArn']}/app/*"])]
 
 
-def test_instance_profiles_hold_their_roles(phoenix_infra: Infrastructure, iam: Any) -> None:
-    out = phoenix_infra.stack.outputs
+def test_instance_profiles_hold_their_roles(scratch_infra: Infrastructure, iam: Any) -> None:
+    out = scratch_infra.stack.outputs
     for profile, role in (("AppInstanceProfile", "AppRoleArn"), ("AgentInstanceProfile", "AgentRoleArn")):
         roles = iam.get_instance_profile(InstanceProfileName=out[profile])["InstanceProfile"]["Roles"]
         assert [r["Arn"] for r in roles] == [out[role]]
 
 
-def test_ci_instances(phoenix_infra: Infrastructure, ec2: Any, iam: Any) -> None:
-    out = phoenix_infra.stack.outputs
+def test_ci_instances(scratch_infra: Infrastructure, ec2: Any, iam: Any) -> None:
+    out = scratch_infra.stack.outputs
     for key, profile, group in (("CiServerInstanceId", None, "CiSecurityGroupId"),
                                 ("CiAgentInstanceId", "AgentInstanceProfile", "CiAgentSecurityGroupId")):
         inst = ec2.describe_instances(InstanceIds=[out[key]])["Reservations"][0]["Instances"][0]
@@ -159,17 +159,17 @@ def test_ci_instances(phoenix_infra: Infrastructure, ec2: Any, iam: Any) -> None
         assert [g["GroupId"] for g in inst["SecurityGroups"]] == [out[group]]
         assert inst["MetadataOptions"]["HttpTokens"] == "required"
         assert inst["MetadataOptions"]["HttpEndpoint"] == "enabled"
-        assert inst["KeyName"] == phoenix_infra.key.name
+        assert inst["KeyName"] == scratch_infra.key.name
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
-        assert tags["phoenixci:run-id"] == phoenix_infra.run_id
+        assert tags["phoenixci:run-id"] == scratch_infra.run_id
         if profile:
             assert inst["IamInstanceProfile"]["Arn"].endswith("/" + out[profile])
     agent = ec2.describe_instances(InstanceIds=[out["CiAgentInstanceId"]])["Reservations"][0]["Instances"][0]
     assert agent["PrivateIpAddress"] == out["CiAgentPrivateIp"]
 
 
-def test_elastic_ips(phoenix_infra: Infrastructure, ec2: Any) -> None:
-    out = phoenix_infra.stack.outputs
+def test_elastic_ips(scratch_infra: Infrastructure, ec2: Any) -> None:
+    out = scratch_infra.stack.outputs
     by_ip = {a["PublicIp"]: a for a in ec2.describe_addresses()["Addresses"]}
     ci = by_ip[out["CiServerPublicIp"]]
     assert ci["InstanceId"] == out["CiServerInstanceId"]
@@ -180,8 +180,8 @@ def test_elastic_ips(phoenix_infra: Infrastructure, ec2: Any) -> None:
     assert ci["PublicIp"] != app["PublicIp"]
 
 
-def test_no_key_pair_resource_in_the_stack(phoenix_infra: Infrastructure) -> None:
-    types = {r["ResourceType"] for r in phoenix_infra.stack.resources}
+def test_no_key_pair_resource_in_the_stack(scratch_infra: Infrastructure) -> None:
+    types = {r["ResourceType"] for r in scratch_infra.stack.resources}
     assert "AWS::EC2::KeyPair" not in types
     assert {"AWS::EC2::VPC", "AWS::S3::Bucket", "AWS::S3::BucketPolicy", "AWS::IAM::Role",
             "AWS::EC2::Instance", "AWS::EC2::EIP"} <= types

@@ -26,9 +26,9 @@ def _env(backend: Any) -> dict[str, str]:
     return env
 
 
-def test_inventory_groups_the_runs_instances_by_role(phoenix_backend: Any, phoenix_infra: Infrastructure,
+def test_inventory_groups_the_runs_instances_by_role(phoenix_backend: Any, scratch_infra: Infrastructure,
                                                     tmp_path: Path) -> None:
-    source = ansible.write_inventory(tmp_path, run_id=phoenix_infra.run_id, region=phoenix_backend.region,
+    source = ansible.write_inventory(tmp_path, run_id=scratch_infra.run_id, region=phoenix_backend.region,
                                      endpoint_url=phoenix_backend.endpoint_url,
                                      ssh_key=tmp_path / "key", known_hosts=tmp_path / "known_hosts")
     done = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(source), "--list"], capture_output=True,
@@ -36,7 +36,7 @@ def test_inventory_groups_the_runs_instances_by_role(phoenix_backend: Any, phoen
     assert done.returncode == 0, done.stderr
     inv = json.loads(done.stdout, object_hook=lambda d: d.get("__ansible_unsafe", d))  # values from the API are untrusted
     assert inv["ci_server"]["hosts"] == ["ci-server"] and inv["ci_agent"]["hosts"] == ["ci-agent"]
-    out = phoenix_infra.stack.outputs
+    out = scratch_infra.stack.outputs
     server = inv["_meta"]["hostvars"]["ci-server"]
     assert server["ec2_instance_id"] == out["CiServerInstanceId"]
     assert server["ansible_host"] == out["CiServerPublicIp"]  # the Elastic IP when there is one

@@ -33,19 +33,19 @@ def denied(call: Any, *args: Any, **kwargs: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def app_role(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Any:
-    return phoenix_backend.instance_role_session(phoenix_infra.stack.outputs["AppRoleArn"], "app-test")
+def app_role(phoenix_backend: Any, scratch_infra: Infrastructure) -> Any:
+    return phoenix_backend.instance_role_session(scratch_infra.stack.outputs["AppRoleArn"], "app-test")
 
 
 @pytest.fixture(scope="module")
-def agent_role(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Any:
-    return phoenix_backend.instance_role_session(phoenix_infra.stack.outputs["AgentRoleArn"], "agent-test")
+def agent_role(phoenix_backend: Any, scratch_infra: Infrastructure) -> Any:
+    return phoenix_backend.instance_role_session(scratch_infra.stack.outputs["AgentRoleArn"], "agent-test")
 
 
 @pytest.fixture(scope="module")
-def artifact(phoenix_backend: Any, phoenix_infra: Infrastructure) -> Iterator[tuple[str, str]]:
+def artifact(phoenix_backend: Any, scratch_infra: Infrastructure) -> Iterator[tuple[str, str]]:
     s3 = phoenix_backend.client("s3")
-    bucket = phoenix_infra.stack.outputs["ArtifactBucket"]
+    bucket = scratch_infra.stack.outputs["ArtifactBucket"]
     s3.put_object(Bucket=bucket, Key="app/r1/app.tar.gz", Body=b"artifact")
     s3.put_object(Bucket=bucket, Key="other/secret.txt", Body=b"secret")
     yield bucket, "app/r1/app.tar.gz"
@@ -79,9 +79,9 @@ class TestAppRole:
         bucket, _ = artifact
         denied(phoenix_backend.client("s3", app_role).get_object, Bucket=bucket, Key="other/secret.txt")
 
-    def test_cannot_touch_stacks(self, phoenix_backend: Any, app_role: Any, phoenix_infra: Infrastructure) -> None:
+    def test_cannot_touch_stacks(self, phoenix_backend: Any, app_role: Any, scratch_infra: Infrastructure) -> None:
         cfn = phoenix_backend.client("cloudformation", app_role)
-        denied(cfn.delete_stack, StackName=phoenix_infra.stack.name)
+        denied(cfn.delete_stack, StackName=scratch_infra.stack.name)
 
 
 class TestAgentRole:
@@ -92,52 +92,52 @@ class TestAgentRole:
         denied(s3.put_object, Bucket=bucket, Key="other/x", Body=b"x")
 
     def test_creates_and_deletes_app_stacks(self, phoenix_backend: Any, agent_role: Any,
-                                            phoenix_infra: Infrastructure) -> None:
+                                            scratch_infra: Infrastructure) -> None:
         cfn = phoenix_backend.client("cloudformation", agent_role)
         s3 = phoenix_backend.client("s3", agent_role)
-        stack = stacks.create(cfn, s3, "app-x", load_template("app-server"), app_params(phoenix_infra),
-                              run_id=phoenix_infra.run_id)
+        stack = stacks.create(cfn, s3, "app-x", load_template("app-server"), app_params(scratch_infra),
+                              run_id=scratch_infra.run_id)
         assert stack.status == "CREATE_COMPLETE"
         instance_id = stack.output("InstanceId")
         ec2 = phoenix_backend.client("ec2")
         inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-        assert inst["IamInstanceProfile"]["Arn"].endswith("/" + phoenix_infra.stack.outputs["AppInstanceProfile"])
+        assert inst["IamInstanceProfile"]["Arn"].endswith("/" + scratch_infra.stack.outputs["AppInstanceProfile"])
         assert inst["MetadataOptions"]["HttpTokens"] == "required"
-        assert [g["GroupId"] for g in inst["SecurityGroups"]] == [phoenix_infra.stack.outputs["AppSecurityGroupId"]]
+        assert [g["GroupId"] for g in inst["SecurityGroups"]] == [scratch_infra.stack.outputs["AppSecurityGroupId"]]
         stacks.delete(cfn, s3, "app-x")
         assert stacks.describe(cfn, "app-x") is None
         inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
         assert inst["State"]["Name"] == "terminated"
 
     def test_cannot_delete_the_infrastructure(self, phoenix_backend: Any, agent_role: Any,
-                                              phoenix_infra: Infrastructure) -> None:
+                                              scratch_infra: Infrastructure) -> None:
         cfn = phoenix_backend.client("cloudformation", agent_role)
-        denied(cfn.delete_stack, StackName=phoenix_infra.stack.name)
-        assert stacks.describe(phoenix_backend.client("cloudformation"), phoenix_infra.stack.name).status \
+        denied(cfn.delete_stack, StackName=scratch_infra.stack.name)
+        assert stacks.describe(phoenix_backend.client("cloudformation"), scratch_infra.stack.name).status \
             == "CREATE_COMPLETE"
 
     def test_cannot_create_stacks_not_named_app(self, phoenix_backend: Any, agent_role: Any,
-                                                phoenix_infra: Infrastructure) -> None:
+                                                scratch_infra: Infrastructure) -> None:
         cfn = phoenix_backend.client("cloudformation", agent_role)
         denied(cfn.create_stack, StackName="web-x", TemplateBody=load_template("app-server").body,
-               Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in app_params(phoenix_infra).items()])
+               Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in app_params(scratch_infra).items()])
 
     def test_cannot_pass_another_role(self, phoenix_backend: Any, agent_role: Any,
-                                      phoenix_infra: Infrastructure) -> None:
+                                      scratch_infra: Infrastructure) -> None:
         cfn = phoenix_backend.client("cloudformation", agent_role)
         s3 = phoenix_backend.client("s3", agent_role)
         ec2 = phoenix_backend.client("ec2")
         running_before = _running(ec2)
-        params = app_params(phoenix_infra, InstanceProfile=phoenix_infra.stack.outputs["AgentInstanceProfile"])
+        params = app_params(scratch_infra, InstanceProfile=scratch_infra.stack.outputs["AgentInstanceProfile"])
         with pytest.raises(StackError) as info:
-            stacks.create(cfn, s3, "app-y", load_template("app-server"), params, run_id=phoenix_infra.run_id)
+            stacks.create(cfn, s3, "app-y", load_template("app-server"), params, run_id=scratch_infra.run_id)
         assert "PassRole" in str(info.value)
         assert stacks.describe(phoenix_backend.client("cloudformation"), "app-y") is None
         assert _running(ec2) == running_before
 
     def test_cannot_pass_another_role_to_run_instances(self, phoenix_backend: Any, agent_role: Any,
-                                                       phoenix_infra: Infrastructure) -> None:
-        out, params = phoenix_infra.stack.outputs, phoenix_infra.stack.parameters
+                                                       scratch_infra: Infrastructure) -> None:
+        out, params = scratch_infra.stack.outputs, scratch_infra.stack.parameters
         ec2 = phoenix_backend.client("ec2", agent_role)
         running_before = _running(phoenix_backend.client("ec2"))
         denied(ec2.run_instances, ImageId=params["ImageId"], MinCount=1, MaxCount=1, SubnetId=out["SubnetId"],
@@ -146,8 +146,8 @@ class TestAgentRole:
         assert _running(phoenix_backend.client("ec2")) == running_before
 
     def test_moves_only_the_app_address(self, phoenix_backend: Any, agent_role: Any,
-                                        phoenix_infra: Infrastructure) -> None:
-        out = phoenix_infra.stack.outputs
+                                        scratch_infra: Infrastructure) -> None:
+        out = scratch_infra.stack.outputs
         ec2 = phoenix_backend.client("ec2", agent_role)
         ec2.associate_address(AllocationId=out["AppEipAllocationId"], InstanceId=out["CiAgentInstanceId"])
         try:
@@ -167,20 +167,20 @@ def _running(ec2: Any) -> set[str]:
 
 
 def test_agent_reads_its_own_infrastructure_stack_only(agent_role: Any, phoenix_backend: Any,
-                                                      phoenix_infra: Infrastructure) -> None:
+                                                      scratch_infra: Infrastructure) -> None:
     """The pipeline's deploy step reads the bucket, subnet and groups from the infrastructure
     stack's outputs: DescribeStacks on that one stack, and no other stack outside app-*."""
     cfn = phoenix_backend.client("cloudformation", agent_role)
-    found = cfn.describe_stacks(StackName=phoenix_infra.stack.name)["Stacks"]
+    found = cfn.describe_stacks(StackName=scratch_infra.stack.name)["Stacks"]
     assert found[0]["Outputs"]
     denied(cfn.describe_stacks, StackName="phoenixci-someone-else")
-    denied(cfn.delete_stack, StackName=phoenix_infra.stack.name)
+    denied(cfn.delete_stack, StackName=scratch_infra.stack.name)
 
 
 def test_agent_reads_consoles_the_app_role_does_not(agent_role: Any, app_role: Any, phoenix_backend: Any,
-                                                    phoenix_infra: Infrastructure) -> None:
+                                                    scratch_infra: Infrastructure) -> None:
     """A failed release's console is saved by the deploy step before its stack is deleted."""
-    server = phoenix_infra.stack.outputs["CiServerInstanceId"]
+    server = scratch_infra.stack.outputs["CiServerInstanceId"]
     out = phoenix_backend.client("ec2", agent_role).get_console_output(InstanceId=server)
     assert out["InstanceId"] == server
     denied(phoenix_backend.client("ec2", app_role).get_console_output, InstanceId=server)

@@ -113,11 +113,11 @@ class Load:
         self.ended = time.monotonic()
 
 
-def release(phoenix_backend: Any, phoenix_infra: Infrastructure, env: Environment, repo: Path, build: int,
+def release(phoenix_backend: Any, scratch_infra: Infrastructure, env: Environment, repo: Path, build: int,
             out: Path) -> tuple[DeployResult, float]:
     """package → publish → deploy as the agent role; returns the result and deploy()'s duration."""
     artifact = package(repo, "HEAD", build=str(build), out_dir=out)
-    agent = phoenix_backend.instance_role_session(phoenix_infra.stack.outputs["AgentRoleArn"], f"zd-{build}")
+    agent = phoenix_backend.instance_role_session(scratch_infra.stack.outputs["AgentRoleArn"], f"zd-{build}")
     published = publish(phoenix_backend.client("s3", agent), env.artifact_bucket, artifact)
     began = time.monotonic()
     result = deploy(phoenix_backend.client("cloudformation", agent), phoenix_backend.client("ec2", agent),
@@ -127,9 +127,9 @@ def release(phoenix_backend: Any, phoenix_infra: Infrastructure, env: Environmen
     return result, time.monotonic() - began
 
 
-def test_releases_under_load_drop_nothing(phoenix_backend: Any, phoenix_infra: Infrastructure,
+def test_releases_under_load_drop_nothing(phoenix_backend: Any, scratch_infra: Infrastructure,
                                          release_environment: Environment, app_repo: Path, tmp_path: Path) -> None:
-    public_ip = phoenix_infra.stack.outputs["AppPublicIp"]
+    public_ip = scratch_infra.stack.outputs["AppPublicIp"]
     port = release_environment.app_port
     results: list[DeployResult] = []
     durations: list[float] = []
@@ -140,7 +140,7 @@ def test_releases_under_load_drop_nothing(phoenix_backend: Any, phoenix_infra: I
             if n > 1:
                 (app_repo / "app" / "VERSION").write_text(f"1.{n}.0\n")
                 git(app_repo, "commit", "-q", "-am", f"release {n}")
-            result, took = release(phoenix_backend, phoenix_infra, release_environment, app_repo, n, tmp_path / f"d{n}")
+            result, took = release(phoenix_backend, scratch_infra, release_environment, app_repo, n, tmp_path / f"d{n}")
             returned.append(time.monotonic())
             try:
                 right_after.append(get_version(public_ip, port))

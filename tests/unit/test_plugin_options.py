@@ -30,6 +30,26 @@ def test_run_id_from_the_option_or_the_environment(tmp_path: Path) -> None:
     assert "RUN-ID phx-" in run_probe(tmp_path).stdout
 
 
+def one_line_usage_error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 4 and len(lines) == 1 and "Traceback" not in proc.stdout, (proc.stdout, proc.stderr)
+    return lines[0]
+
+
 def test_a_run_id_that_cannot_name_a_bucket_is_refused(tmp_path: Path) -> None:
-    proc = run_probe(tmp_path, "--run-id", "Bad_ID!")
-    assert proc.returncode != 0 and "use 1-24 lowercase letters, digits or dashes" in proc.stdout
+    line = one_line_usage_error(run_probe(tmp_path, "--run-id", "Bad_ID!"))
+    assert "--run-id 'Bad_ID!': use 1-22 lowercase letters, digits or dashes" in line
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["--keep", "sometimes"], {}, "--keep 'sometimes': use one of never, on-failure, always"),
+    ([], {"PHOENIXCI_KEEP": "yes"}, "--keep 'yes': use one of never, on-failure, always"),
+    (["--backend", "gcp://"], {}, "unknown backend 'gcp://'"),
+    (["--backend", "moto://?instances=maybe"], {}, "instances='maybe': use on or off"),
+    (["--backend", "aws://?region=eu-west-1"], {}, "--accept-aws-cost"),
+])
+def test_bad_options_are_one_clear_line_and_create_nothing(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                           expected: str) -> None:
+    line = one_line_usage_error(run_probe(tmp_path, *args, env=env))
+    assert expected in line, line
+    assert not (tmp_path / "artifacts").exists(), "a refused session made a run directory"

@@ -22,7 +22,7 @@ from phoenixci.pipeline.deploy import Environment, deploy, eip_holder
 from phoenixci.pipeline.package import package
 from phoenixci.pipeline.publish import publish
 
-pytestmark = pytest.mark.acceptance
+pytestmark = pytest.mark.integration
 
 
 
@@ -33,7 +33,7 @@ def git(repo: Path, *args: str) -> str:
                           env=env).stdout.strip()
 
 
-def release(phoenix_backend: Any, phoenix_infra: Infrastructure, repo: Path, build: str, env: Environment,
+def release(phoenix_backend: Any, scratch_infra: Infrastructure, repo: Path, build: str, env: Environment,
             out: Path, health_timeout: float = 60) -> Any:
     """One pipeline run for HEAD of ``repo``: test → package → publish → deploy, as the agent role,
     onto a real instance whose user data fetches the artifact with the app role."""
@@ -42,8 +42,8 @@ def release(phoenix_backend: Any, phoenix_infra: Infrastructure, repo: Path, bui
     if tests.returncode != 0:
         raise AssertionError(f"test stage failed:\n{tests.stdout[-2000:]}")
     artifact = package(repo, "HEAD", build=build, out_dir=out)
-    agent = phoenix_backend.instance_role_session(phoenix_infra.stack.outputs["AgentRoleArn"], f"build-{build}")
-    published = publish(phoenix_backend.client("s3", agent), phoenix_infra.stack.outputs["ArtifactBucket"], artifact)
+    agent = phoenix_backend.instance_role_session(scratch_infra.stack.outputs["AgentRoleArn"], f"build-{build}")
+    published = publish(phoenix_backend.client("s3", agent), scratch_infra.stack.outputs["ArtifactBucket"], artifact)
     return deploy(phoenix_backend.client("cloudformation", agent), phoenix_backend.client("ec2", agent),
                   phoenix_backend.client("s3", agent), env, revision=artifact.revision,
                   artifact_key=published.key, artifact_sha256=published.sha256,
@@ -51,16 +51,16 @@ def release(phoenix_backend: Any, phoenix_infra: Infrastructure, repo: Path, bui
 
 
 def test_commit_to_serving_and_a_broken_release_keeps_the_site_up(
-        phoenix_backend: Any, phoenix_infra: Infrastructure, app_repo: Path, release_environment: Environment,
+        phoenix_backend: Any, scratch_infra: Infrastructure, app_repo: Path, release_environment: Environment,
         tmp_path: Path) -> None:
     ec2 = phoenix_backend.client("ec2")
-    first = release(phoenix_backend, phoenix_infra, app_repo, "1", release_environment, tmp_path / "dist1")
-    assert eip_holder(ec2, phoenix_infra.stack.outputs["AppEipAllocationId"]) == \
-        (first.instance_id, phoenix_infra.stack.outputs["AppPublicIp"])
+    first = release(phoenix_backend, scratch_infra, app_repo, "1", release_environment, tmp_path / "dist1")
+    assert eip_holder(ec2, scratch_infra.stack.outputs["AppEipAllocationId"]) == \
+        (first.instance_id, scratch_infra.stack.outputs["AppPublicIp"])
 
     (app_repo / "app" / "VERSION").write_text("1.1.0\n")
     git(app_repo, "commit", "-q", "-am", "release 1.1.0")
-    second = release(phoenix_backend, phoenix_infra, app_repo, "2", release_environment, tmp_path / "dist2")
+    second = release(phoenix_backend, scratch_infra, app_repo, "2", release_environment, tmp_path / "dist2")
     assert second.instance_id != first.instance_id
     assert second.retired == [first.stack]
 
@@ -69,9 +69,9 @@ def test_commit_to_serving_and_a_broken_release_keeps_the_site_up(
     main.write_text("raise SystemExit('boom: broken release')\n")
     git(app_repo, "commit", "-q", "-am", "broken release")
     with pytest.raises(DeployError) as info:
-        release(phoenix_backend, phoenix_infra, app_repo, "3", release_environment, tmp_path / "dist3", health_timeout=20)
+        release(phoenix_backend, scratch_infra, app_repo, "3", release_environment, tmp_path / "dist3", health_timeout=20)
     assert isinstance(info.value.__cause__, HealthCheckError)
-    holder, _ = eip_holder(ec2, phoenix_infra.stack.outputs["AppEipAllocationId"])
+    holder, _ = eip_holder(ec2, scratch_infra.stack.outputs["AppEipAllocationId"])
     assert holder == second.instance_id, "the broken release must not take the site down"
 
     # and a commit that breaks a unit test stops the pipeline before anything is published
@@ -80,8 +80,8 @@ def test_commit_to_serving_and_a_broken_release_keeps_the_site_up(
     greeting.write_text(greeting.read_text().replace("Hello", "Goodbye"))
     git(app_repo, "commit", "-q", "-am", "break the greeting")
     objects_before = phoenix_backend.client("s3").list_objects_v2(
-        Bucket=phoenix_infra.stack.outputs["ArtifactBucket"]).get("KeyCount")
+        Bucket=scratch_infra.stack.outputs["ArtifactBucket"]).get("KeyCount")
     with pytest.raises(AssertionError, match="test stage failed"):
-        release(phoenix_backend, phoenix_infra, app_repo, "4", release_environment, tmp_path / "dist4")
+        release(phoenix_backend, scratch_infra, app_repo, "4", release_environment, tmp_path / "dist4")
     assert phoenix_backend.client("s3").list_objects_v2(
-        Bucket=phoenix_infra.stack.outputs["ArtifactBucket"]).get("KeyCount") == objects_before
+        Bucket=scratch_infra.stack.outputs["ArtifactBucket"]).get("KeyCount") == objects_before
