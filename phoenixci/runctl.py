@@ -37,6 +37,7 @@ class SessionRun:
     extra_run_ids: set[str] = field(default_factory=set)  # other runs this session made (leak-checked)
     kept: bool = False
     removed_dir: bool = False
+    host_checks: list[str] = field(default_factory=list)  # state dirs of the session's local clouds
 
     def failed(self) -> bool:
         return bool(self.session is not None and self.session.testsfailed)
@@ -140,6 +141,9 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
             import pytest
 
             pytest.exit(f"phoenixci: {e}", returncode=4)
+        cloud = getattr(backend, "cloud", None)
+        if cloud is not None:
+            run.host_checks.append(str(cloud.state_dir))
         with _started(backend):
             yield backend
             if not run.keeping():
@@ -158,7 +162,18 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
                 swept = daemon.stop(run.cloud_dir)
                 if swept:
                     raise LeakError(f"the local cloud daemon left {', '.join(swept)}", leftovers=swept)
+                run.host_checks.append(str(run.cloud_dir))
+            _check_host(run)
             _tidy(run)
+
+
+def _check_host(run: SessionRun) -> None:
+    """No namespace, link, cgroup, mount, firewall table or process of the session's cloud is left."""
+    from phoenixci.localcloud.hostcheck import host_leftovers, tag_of
+
+    left = [item for state_dir in run.host_checks for item in host_leftovers(tag_of(state_dir), state_dir)]
+    if left:
+        raise LeakError(f"the session's local cloud left on this machine: {', '.join(left)}", leftovers=left)
 
 
 def _acknowledge(backend_url: str, accepted: bool) -> str | None:

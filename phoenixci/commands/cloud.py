@@ -111,7 +111,26 @@ def cmd_leaks(args: argparse.Namespace) -> int:
     return 1 if left else 0
 
 
+def _clean_kept_environment(run_id: str) -> bool:
+    """A kept run (pytest --keep, `phoenixci up`) whose record is in PHOENIXCI_ENV_DIR: remove it
+    as `phoenixci down` does (its local cloud daemon too); False when the record is another run's."""
+    from phoenixci.env import lifecycle
+    from phoenixci.env.state import EnvState, env_dir
+
+    directory = env_dir()
+    state = EnvState.load(directory)
+    if state is None or state.run_id != run_id:
+        return False
+    removed = lifecycle.down(directory, say=lambda m: console.print(m, highlight=False))
+    for item in removed:
+        console.print(f"removed {item}", highlight=False)
+    console.print(f"[green]clean: run {run_id} removed ({directory}), nothing of it is left[/]")
+    return True
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
+    if args.run_id and not args.older_than and _clean_kept_environment(args.run_id):
+        return 0
     older = leaks.parse_duration(args.older_than) if args.older_than else None
     with _backend(args) as backend:
         if older is None:

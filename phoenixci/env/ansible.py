@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,8 @@ def run_playbook(*, inventory: Path, extra_vars: dict[str, Any], aws_env: dict[s
                            "pip install 'phoenixci[host]' (make setup)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ANSIBLE_"))}
     env.update(aws_env)
-    control_dir = log_dir.parent / "ansible-cp"
-    control_dir.mkdir(mode=0o700, exist_ok=True)
+    # a socket path has at most 107 bytes, and ansible adds ~28 to the directory: keep it short
+    control_dir = Path(tempfile.mkdtemp(prefix="phx-cp-"))
     env.update(ANSIBLE_CONFIG=str(PLAYBOOKS / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir), ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
                ANSIBLE_LOCAL_TEMP=str(log_dir.parent / "ansible-tmp"), AWS_EC2_METADATA_DISABLED="true")
@@ -93,6 +95,7 @@ def run_playbook(*, inventory: Path, extra_vars: dict[str, Any], aws_env: dict[s
                                 log_path=log_path, recap={}) from e
         finally:
             close_connections(control_dir)
+            shutil.rmtree(control_dir, ignore_errors=True)
     output = log_path.read_text(errors="replace")
     recap = parse_recap(output)
     if proc.returncode != 0:

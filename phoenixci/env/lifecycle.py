@@ -243,7 +243,7 @@ def _down(state: EnvState, directory: Path, say: Say) -> list[str]:
         swept = daemon.stop(Path(state.cloud_dir))
         removed += [f"swept {s}" for s in swept]
     state.forget()
-    for name in ("ssh", "secrets", "app", "dist", "ansible-tmp", "ansible-cp", "vars.json",
+    for name in ("ssh", "secrets", "app", "repo", "dist", "ansible-tmp", "ansible-cp", "vars.json",
                  "inventory.phoenixci_ec2.yml"):
         path = directory / name
         if path.is_dir():

@@ -174,8 +174,7 @@ class LocalCloud:
                 self.api.stop_listening_on(gateway)
         left: list[str] = []
         if self.runtime is not None:
-            self.runtime.close()
-            left = self.runtime.sweep()
+            left = self.runtime.close()
         self._bridges.clear()
         if self.api.port is not None:
             self.api.stop()

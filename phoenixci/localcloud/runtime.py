@@ -291,9 +291,11 @@ class Runtime:
             log.warning("swept leftovers of %s: %s", self.tag, ", ".join(removed))
         return removed
 
-    def close(self) -> None:
+    def close(self) -> builtins.list[str]:
+        """Destroy every instance and bridge; return what was still there after (swept): the
+        cloud made it but its own teardown missed it, or someone else made it under its tag."""
         for instance_id in self.list():
             self.destroy(instance_id)
         for bridge in self.bridges():
             self.remove_bridge(bridge)
-        self.sweep()
+        return self.sweep()

@@ -69,8 +69,8 @@ def test_a_push_is_built_published_and_served_by_a_new_server(phoenix_ci: EnvSta
     before_instance, before_rev = chain.app_holder(phoenix_backend, env), live(env)
     page = phoenix_repo.path / "phoenixapp/templates/index.html"
     headline = f"Welcome to release {time.time_ns()}"
-    revision = phoenix_repo.commit("a new page", {"phoenixapp/templates/index.html":
-                                                  re.sub(r"Welcome to [^<]*", headline, page.read_text(), count=1)})
+    revision = phoenix_repo.commit("a new page", {"phoenixapp/templates/index.html": re.sub(
+        r"(<p>)[^<]*(</p>)", rf"\g<1>{headline}\g<2>", page.read_text(), count=1)})
     output, pushed_at = phoenix_repo.push()
     assert f"build queued for {revision[:12]}" in output
 

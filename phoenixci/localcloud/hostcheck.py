@@ -1,0 +1,54 @@
+"""What a local cloud leaves on the host, listed without touching it: the leak check's eyes.
+
+Everything a cloud makes carries its tag (namespaces, links, cgroups, its nftables table) or
+lives under its state directory (mounts); its processes run in its cgroups or name its state
+directory. ``LocalCloud.stop`` removes them; this proves from the outside that it did.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from phoenixci.localcloud import cgroups, netlink
+
+
+def _processes(tag: str, state_dir: str) -> list[str]:
+    found = []
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            cgroup = (proc / "cgroup").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        in_cgroup = any(part.startswith(tag) for line in cgroup.splitlines()
+                        for part in line.rpartition(":")[2].split("/"))
+        if in_cgroup or (state_dir and state_dir in cmdline):
+            found.append(f"process {proc.name} ({cmdline.strip()[:80]})")
+    return found
+
+
+def tag_of(state_dir: str | Path, name_prefix: str = "phx") -> str:
+    """The tag a cloud with this state directory gives everything it makes (as ``Runtime``)."""
+    import hashlib
+
+    return name_prefix + hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:3]
+
+
+def host_leftovers(tag: str, state_dir: str | Path) -> list[str]:
+    """Namespaces, links, cgroups, mounts, firewall table and processes of the cloud ``tag``."""
+    state = str(Path(state_dir).resolve()) if state_dir else ""
+    left = [f"netns {ns}" for ns in netlink.netns_names() if ns.startswith(tag)]
+    left += [f"link {name}" for name in netlink.link_names() if name.startswith(tag)]
+    left += [f"cgroup {p.name}" for p in sorted(cgroups.root().glob(f"{tag}*"))]
+    if f"phoenixci_{tag}" in netlink.tables():
+        left.append(f"nft table phoenixci_{tag}")
+    if state:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            target = line.split()[1]
+            if target == state or target.startswith(state + "/"):
+                left.append(f"mount {target}")
+    left += _processes(tag, state)
+    return left
