@@ -53,3 +53,27 @@ def test_bad_options_are_one_clear_line_and_create_nothing(tmp_path: Path, args:
     line = one_line_usage_error(run_probe(tmp_path, *args, env=env))
     assert expected in line, line
     assert not (tmp_path / "artifacts").exists(), "a refused session made a run directory"
+
+
+NEEDS_BACKEND = '''
+def test_probe(phoenix_backend):
+    pass
+'''
+
+
+def test_aws_without_credentials_stops_the_session_with_one_line(tmp_path: Path) -> None:
+    """Acknowledged, but no credentials anywhere: the session stops at once with one line that
+    names the problem (no test runs, nothing is created). No network: a fresh network namespace."""
+    (tmp_path / "test_needs_backend.py").write_text(NEEDS_BACKEND)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PHOENIXCI_", "AWS_"))}
+    env = {**base, "HOME": str(tmp_path), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-c", "/dev/null", "--rootdir", str(tmp_path), "--backend", "aws://?region=eu-west-1",
+                           "--accept-aws-cost", str(tmp_path / "test_needs_backend.py")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out
+    lines = [ln for ln in out.splitlines() if "phoenixci:" in ln and "credentials" in ln.lower()]
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert not (tmp_path / "artifacts").exists()
