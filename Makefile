@@ -8,8 +8,9 @@ PYTEST_ARGS ?=
 setup:
 	@scripts/bootstrap.sh
 
+# KEEP=1 make demo: leave the environment up (the demo prints how to reach and remove it)
 demo: setup
-	$(BIN)/phoenixci demo
+	$(BIN)/phoenixci demo $(if $(filter 1 yes true,$(KEEP)),--keep always)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -27,6 +27,8 @@ class Step:
     name: str
     result: str
     state: str
+    started_at: float | None = None   # epoch seconds (Buildbot keeps whole seconds); None: not started
+    complete_at: float | None = None  # None: not finished
 
 
 @dataclass
@@ -85,7 +87,8 @@ def builds(ci_url: str, *, limit: int = 20) -> list[Build]:
 
 
 def steps(ci_url: str, build_id: int) -> list[Step]:
-    return [Step(s["name"], RESULTS.get(s.get("results"), str(s.get("results"))), s.get("state_string", ""))
+    return [Step(s["name"], RESULTS.get(s.get("results"), str(s.get("results"))), s.get("state_string", ""),
+                 s.get("started_at"), s.get("complete_at"))
             for s in get_json(ci_url, f"builds/{build_id}/steps")["steps"]]
 
 
