@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,4 @@ def test_keep_leaves_the_environment_up_and_says_how_to_remove_it() -> None:
             assert down.returncode == 0, down.stdout + down.stderr
             assert "nothing of the environment is left" in down.stdout
             _nothing_left(Path(env_dir.group(1)))
+            shutil.rmtree(env_dir.group(1), ignore_errors=True)  # down keeps the run directory (logs)
