@@ -40,6 +40,8 @@ def _builds(state: EnvState, out: Path, missing: list[str]) -> None:
     try:
         for build in buildbot.builds(state.ci_url, limit=200):
             for step in buildbot.steps(state.ci_url, build.build_id):
+                if step.name == "worker_preparation":  # Buildbot's own step: it has no log
+                    continue
                 name = f"{build.number:04d}-{build.revision[:12] or 'norev'}-{step.name}.log"
                 try:
                     (out / name).write_text(buildbot.step_log(state.ci_url, build.build_id, step.name))

@@ -155,3 +155,29 @@ def test_a_signal_in_any_phase_of_the_chain_leaves_nothing(tmp_path: Path, phase
         assert proc.returncode == 2 and "KeyboardInterrupt" in out and "signal SIGTERM" in out, out[-3000:]
     assert "LeakError" not in out, out[-3000:]
     nothing_left_on_the_host(record)
+
+
+FAILS_AFTER_A_RELEASE = '''
+def test_something_is_wrong(phoenix_release):
+    assert False, "on purpose"
+'''
+
+
+def test_a_failed_session_keeps_every_kind_of_log_in_its_run_directory(tmp_path: Path) -> None:
+    proc, record = session(tmp_path, FAILS_AFTER_A_RELEASE)
+    out = proc.stdout + proc.stderr
+    run_dir = tmp_path / "runs" / record["run_id"]
+    assert proc.returncode == 1 and "1 failed" in out, out[-3000:]
+    assert f"run directory of this session: {run_dir}" in out, out[-3000:]
+    logs = run_dir / "logs"
+    names = {str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file() and p.stat().st_size}
+    assert any(n.startswith("site-") for n in names), names                          # the playbook
+    for step in ("checkout", "test", "package", "publish", "deploy"):                  # every build step
+        assert any(n.startswith("builds/0001-") and n.endswith(f"-{step}.log") for n in names), (step, names)
+    for host in ("ci-server", "ci-agent"):                                              # cloud-init, journal
+        assert {f"instances/{host}-cloud-init-output.log", f"instances/{host}-journal.log"} <= names, names
+    assert sum(n.startswith("instances/i-") and n.endswith("-console.log") for n in names) >= 3, names
+    assert any(n.startswith("stack-events/") for n in names), names                   # stack events
+    assert (logs / "missing.txt").read_text() == "", (logs / "missing.txt").read_text()
+    assert not (run_dir / "ssh").exists() and not (run_dir / "secrets").exists(), "keys outlived the run"
+    nothing_left_on_the_host(record)
