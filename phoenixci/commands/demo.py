@@ -38,6 +38,7 @@ console = Console(stderr=False, width=max(120, Console().width), soft_wrap=True)
 HEADLINE = "Hello from the phoenixci demo"
 #: seconds each release of the demo gets to serve: a good one serves in ~3 s, the unhealthy one fails fast
 DEMO_HEALTH_TIMEOUT = 20.0
+AWS_DEMO_HEALTH_TIMEOUT = 300.0
 Git = Callable[..., str]
 
 
@@ -57,7 +58,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         return cmd_demo_infrastructure(args)
     env_dir = Path(tempfile.mkdtemp(prefix="phoenixci-demo-"))
-    health = DEMO_HEALTH_TIMEOUT
+    # an EC2 instance needs a minute or two to boot and serve: there the demo waits longer
+    health = DEMO_HEALTH_TIMEOUT if parse_url(args.backend)[0] == "moto" else AWS_DEMO_HEALTH_TIMEOUT
     failures = ["the demo did not finish"]
     state: EnvState | None = None
     try:
