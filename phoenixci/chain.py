@@ -46,10 +46,12 @@ def attach_url(backend: Backend) -> str:
     return backend.url
 
 
-def new_state(backend: Backend, run_id: str, directory: Path, *, cloud_dir: str = "") -> EnvState:
+def new_state(backend: Backend, run_id: str, directory: Path, *, cloud_dir: str = "",
+              health_timeout: float = 0) -> EnvState:
     """The run's record, in its run directory (``PHOENIXCI_ENV_DIR`` for the CLI)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = EnvState(directory=str(directory), backend=attach_url(backend), run_id=run_id, cloud_dir=cloud_dir)
+    state = EnvState(directory=str(directory), backend=attach_url(backend), run_id=run_id, cloud_dir=cloud_dir,
+                     health_timeout=health_timeout)
     state.save()
     return state
 

@@ -8,6 +8,7 @@ Options (each with an environment fallback):
   --run-dir DIR        PHOENIXCI_RUN_DIR   where run directories go (default artifacts/runs/)
   --admin-cidr CIDR    PHOENIXCI_ADMIN_CIDR
   --app-source DIR     PHOENIXCI_APP_SOURCE the app an empty CI repository is seeded with (default app/)
+  --health-timeout S   PHOENIXCI_HEALTH_TIMEOUT  seconds a release gets to serve (the pipeline's deploy step)
   --accept-aws-cost    PHOENIXCI_ACCEPT_AWS_COST=1  required on aws:// (it creates billable instances)
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--app-source", default=env("PHOENIXCI_APP_SOURCE"),
                     help="the app an empty CI repository is seeded with (default <rootdir>/app) "
                          "[env PHOENIXCI_APP_SOURCE]")
+    group.addoption("--health-timeout", default=env("PHOENIXCI_HEALTH_TIMEOUT"), metavar="SECONDS",
+                    help="seconds the pipeline's deploy step gives a new server to serve (default 30 on moto://, "
+                         "600 on aws://) [env PHOENIXCI_HEALTH_TIMEOUT]")
     group.addoption("--accept-aws-cost", action="store_true",
                     default=env("PHOENIXCI_ACCEPT_AWS_COST", "").lower() in {"1", "true", "yes"},
                     help="on aws://: accept that the session creates billable resources "

@@ -31,6 +31,7 @@ class SessionRun:
     admin_cidr: str
     app_source: Path
     accept_aws_cost: bool = False
+    health_timeout: float = 0                # seconds a release gets to serve (0: the backend's default)
     session: Any = None                      # the pytest session (its failure count decides keeping)
     cloud_dir: Path | None = None            # the local cloud daemon of a run that may be kept
     state: EnvState | None = None
@@ -89,13 +90,20 @@ def configure(config: pytest.Config) -> SessionRun:
         _acknowledge(backend_url, bool(config.getoption("--accept-aws-cost")))
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
+    health = str(config.getoption("--health-timeout") or "0")
+    try:
+        health_timeout = float(health)
+        if health_timeout < 0:
+            raise ValueError(health)
+    except ValueError:
+        raise pytest.UsageError(f"--health-timeout {health!r}: give seconds (a number > 0)") from None
     run_id = str(given) if given else new_run_id()
     base = config.getoption("--run-dir") or str(config.rootpath / "artifacts" / "runs")
     app_source = Path(config.getoption("--app-source") or config.rootpath / "app")
     run = SessionRun(run_id=run_id, directory=Path(base).resolve() / run_id,
                      backend_url=backend_url, keep=keep,
                      admin_cidr=str(config.getoption("--admin-cidr")), app_source=app_source,
-                     accept_aws_cost=bool(config.getoption("--accept-aws-cost")))
+                     accept_aws_cost=bool(config.getoption("--accept-aws-cost")), health_timeout=health_timeout)
     config.stash[STASH] = run
     return run
 
@@ -215,7 +223,8 @@ def session_env(run: SessionRun, backend: Backend) -> Iterator[EnvState]:
         raise ConfigError(f"run {run.run_id} already has a record in {run.directory} (a kept run?): "
                           f"remove it with `PHOENIXCI_ENV_DIR={run.directory} phoenixci clean --run-id {run.run_id}` "
                           "or choose another --run-id")
-    state = new_state(backend, run.run_id, run.directory, cloud_dir=str(run.cloud_dir or ""))
+    state = new_state(backend, run.run_id, run.directory, cloud_dir=str(run.cloud_dir or ""),
+                      health_timeout=run.health_timeout)
     run.state = state
     yield state
 

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 CI_WEB_PORT = 8010
 REPO_PATH = "/srv/git/app.git"
-#: seconds a new app server has to serve: a local instance boots and serves in ~3 s, EC2 in ~1-2 min
-LOCAL_HEALTH_TIMEOUT = 60
+#: seconds a new app server has to serve: a local instance boots and serves in ~3 s (30 leaves room for
+#: a loaded machine), EC2 in ~1-2 min
+LOCAL_HEALTH_TIMEOUT = 30
 AWS_HEALTH_TIMEOUT = 600
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from phoenixci.localcloud.runtime import Runtime
 
-pytestmark = pytest.mark.acceptance
+pytestmark = pytest.mark.demo
 
 STAGES = ("checkout", "test", "package", "publish", "deploy")
 
