@@ -142,7 +142,7 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
         if run.cloud_dir is not None:
             from phoenixci.localcloud import daemon
 
-            daemon.start(run.cloud_dir)
+            daemon.start(run.cloud_dir, region=get_backend(url).region)
         try:
             backend = get_backend(url).__enter__()
         except (ConfigError, CredentialsError) as e:  # the same line for every test: say it once, stop
@@ -171,15 +171,25 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
                 if swept:
                     raise LeakError(f"the local cloud daemon left {', '.join(swept)}", leftovers=swept)
                 run.host_checks.append(str(run.cloud_dir))
-            _check_host(run)
-            _tidy(run)
+            try:
+                _check_host(run)
+            finally:
+                _tidy(run)
 
 
 def _check_host(run: SessionRun) -> None:
-    """No namespace, link, cgroup, mount, firewall table or process of the session's cloud is left."""
+    """No namespace, link, cgroup, mount, firewall table or process of the session's cloud is left
+    (a process killed with its cgroup may take a moment to be gone: look again for a few seconds)."""
+    import time
+
     from phoenixci.localcloud.hostcheck import host_leftovers, tag_of
 
-    left = [item for state_dir in run.host_checks for item in host_leftovers(tag_of(state_dir), state_dir)]
+    deadline = time.monotonic() + 10
+    while True:
+        left = [item for state_dir in run.host_checks for item in host_leftovers(tag_of(state_dir), state_dir)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if left:
         raise LeakError(f"the session's local cloud left on this machine: {', '.join(left)}", leftovers=left)
 

@@ -102,7 +102,7 @@ def test_keep_on_failure_keeps_a_reachable_run_that_clean_removes(tmp_path: Path
     out = proc.stdout + proc.stderr
     run_dir = tmp_path / "runs" / run_id
     try:
-        assert proc.returncode == 1 and "1 failed" in out, out
+        assert proc.returncode == 1 and "1 failed in" in out, out
         assert f"kept run {run_id} (--keep=on-failure)" in out, out
         assert f"PHOENIXCI_ENV_DIR={run_dir} phoenixci clean --run-id {run_id}" in out, out
         assert f"run directory of this session: {run_dir}" in out, out
@@ -150,7 +150,7 @@ def test_a_signal_in_any_phase_of_the_chain_leaves_nothing(tmp_path: Path, phase
     proc, record = session(tmp_path, RELEASES, env={"PHOENIXCI_TEST_SIGNAL_AT": phase})
     out = proc.stdout + proc.stderr
     if phase == "teardown":  # the signal lands in a shielded teardown: it finishes, the session passes
-        assert proc.returncode == 0 and "1 passed" in out, out[-3000:]
+        assert proc.returncode == 0 and "1 passed in" in out, out[-3000:]
     else:
         assert proc.returncode == 2 and "KeyboardInterrupt" in out and "signal SIGTERM" in out, out[-3000:]
     assert "LeakError" not in out, out[-3000:]
@@ -167,7 +167,7 @@ def test_a_failed_session_keeps_every_kind_of_log_in_its_run_directory(tmp_path:
     proc, record = session(tmp_path, FAILS_AFTER_A_RELEASE)
     out = proc.stdout + proc.stderr
     run_dir = tmp_path / "runs" / record["run_id"]
-    assert proc.returncode == 1 and "1 failed" in out, out[-3000:]
+    assert proc.returncode == 1 and "1 failed in" in out and "LeakError" not in out, out[-3000:]
     assert f"run directory of this session: {run_dir}" in out, out[-3000:]
     logs = run_dir / "logs"
     names = {str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file() and p.stat().st_size}
