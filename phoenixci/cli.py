@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=os.environ.get("PHOENIXCI_STATE_DIR", "/var/lib/phoenixci/cloud"),
                    help="where the cloud keeps its state, env file and log [env PHOENIXCI_STATE_DIR]")
     p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--region", default="us-east-1", help="start: the region it serves (others are refused)")
     p.set_defaults(func=_host("cloud:cmd_cloud"))
 
     envdir = argparse.ArgumentParser(add_help=False)

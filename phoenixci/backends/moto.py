@@ -4,7 +4,7 @@
                                instance a real system container (needs root)
 ``moto://?instances=off``      the API alone (no root needed; instances stay rows in a table)
 ``moto://?state-dir=DIR``      attach to the local cloud daemon of ``phoenixci cloud start``
-``…&region=REGION``            the region (default us-east-1)
+``…&region=REGION``            the region (default us-east-1; attached: the daemon's region)
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ class MotoBackend(Backend):
     def start(self) -> None:
         if self._attach:
             self._attached = _read_env(Path(self._attach))
+            if "region" not in self.options:  # the region the daemon serves (`cloud start --region`)
+                self._region = self._attached.get("AWS_DEFAULT_REGION", self._region)
             return
         if self._instances:
             from phoenixci.localcloud.cloud import LocalCloud, LocalCloudError

@@ -156,10 +156,11 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
     state_dir = Path(args.state_dir)
     if args.action == "start":
-        console.print(f"starting the local cloud on {state_dir} (the first start builds the base image) ...")
-        ready = daemon.start(state_dir)
-        console.print(f"local cloud ready: API {ready['endpoint_url']}, image {ready['image_id']}; "
-                      f"source {ready['env_file']}")
+        console.print(f"starting the local cloud ({args.region}) on {state_dir} (the first start builds the "
+                      "base image) ...")
+        ready = daemon.start(state_dir, region=args.region)
+        console.print(f"local cloud ready: region {ready['region']}, API {ready['endpoint_url']}, "
+                      f"image {ready['image_id']}; source {ready['env_file']}")
         return 0
     if args.action == "stop":
         swept = daemon.stop(state_dir)
@@ -174,8 +175,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     if not info.get("running"):
         console.print(f"no local cloud runs on {state_dir}")
         return 3
-    console.print(f"local cloud on {state_dir}: pid {info['pid']}, API {info.get('endpoint_url')}, "
-                  f"image {info.get('image_id')}")
+    console.print(f"local cloud on {state_dir}: pid {info['pid']}, region {info.get('region')}, "
+                  f"API {info.get('endpoint_url')}, image {info.get('image_id')}")
     table = Table()
     for col in ("instance", "state", "private ip", "elastic ip", "boot phase", "error"):
         table.add_column(col, overflow="fold")

@@ -74,7 +74,7 @@ def up(backend_url: str, directory: Path, *, admin_cidr: str | None, say: Say, k
             from phoenixci.localcloud import daemon
 
             say("starting the local cloud (a daemon: it outlives this command) ...")
-            daemon.start(Path(state.cloud_dir))
+            daemon.start(Path(state.cloud_dir), region=parse_url(backend_url)[2].get("region", "us-east-1"))
             checkpoint("cloud")
         with get_backend(state.backend) as backend:
             _create(state, backend, admin_cidr=admin_cidr or "127.0.0.1/32", say=say, app_source=app_source)

@@ -155,7 +155,10 @@ class ApiServer:
         from moto.core.authorization import ActionAuthenticatorMixin
         from moto.moto_api._internal.models import moto_api_backend
 
+        from phoenixci.localcloud.patches import region_refusal
+
         moto_api_backend.reset()
+        region_refusal.serve_only(None)  # every region answers again (a LocalCloud narrows it)
         settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
         ActionAuthenticatorMixin.request_count = 0
 

@@ -21,6 +21,7 @@ from phoenixci.localcloud.addressing import refuse_overlap
 from phoenixci.localcloud.api import ApiServer
 from phoenixci.localcloud.mirror import MirrorServer
 from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot, snapshot
+from phoenixci.localcloud.regions import check_region
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class LocalCloud:
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *, region: str = "us-east-1",
                  api_port: int = 0, image_cache: Path | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.region = region
+        self.region = check_region(region)
         self.api = ApiServer(port=api_port, region=region)
         self.image_cache = image_cache
         self.image: Any = None
@@ -112,6 +113,7 @@ class LocalCloud:
         from phoenixci.localcloud.image import build_image
         from phoenixci.localcloud.mirror import fill_wheelhouse
         from phoenixci.localcloud.netsync import NetworkSync
+        from phoenixci.localcloud.patches import region_refusal
         from phoenixci.localcloud.runtime import Runtime
 
         if os.geteuid() != 0:
@@ -126,6 +128,7 @@ class LocalCloud:
         self.image = build_image(self.image_cache) if self.image_cache else build_image()
         self.wheelhouse = fill_wheelhouse()
         self.api.start()
+        region_refusal.serve_only(self.region)  # other regions answer as if not enabled for the account
         try:
             self.image_id = self._register_image()
             self._serve_consoles()
@@ -177,7 +180,7 @@ class LocalCloud:
             left = self.runtime.close()
         self._bridges.clear()
         if self.api.port is not None:
-            self.api.stop()
+            self.api.stop()  # also ends the region refusal (ApiServer._reset_moto)
         for name in ("env", "status.json"):
             (self.state_dir / name).unlink(missing_ok=True)
         if self.runtime is not None:

@@ -4,8 +4,9 @@ Files in the state dir:
   cloud.lock    held (flock) by the running daemon: a second start on the same dir is refused
   cloud.pid     the daemon's PID (checked against /proc before any signal is sent)
   cloud.log     the daemon's log
-  ready.json    written once the cloud answers (endpoint, image id, pid)
-  status.json   rewritten every second (instances, boot phases)
+  ready.json    written once the cloud answers (endpoint, image id, region, pid)
+  status.json   written before ready.json, then every second (endpoint, image id, region, subnets,
+                instances with their boot phases): `cloud start` returns with it complete
   env           export lines for any AWS client: source DIR/env
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from phoenixci.localcloud.cloud import (
     LocalCloudError,
     release_tag,
 )
+from phoenixci.localcloud.regions import DEFAULT_REGION, check_region
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,12 @@ def running_pid(state_dir: Path) -> int | None:
     return _pid(Path(state_dir).resolve())
 
 
-def start(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-    """Start the daemon in the background and return its ready info once it answers."""
+def start(state_dir: Path = DEFAULT_STATE_DIR, *, region: str = DEFAULT_REGION,
+          timeout: float = START_TIMEOUT) -> dict[str, Any]:
+    """Start the daemon in the background and return its ready info once it answers
+    (its status.json is complete by then)."""
     state_dir = Path(state_dir).resolve()
+    check_region(region)
     pid = _pid(state_dir)
     if pid is not None:
         raise LocalCloudError(f"a local cloud already runs on {state_dir} (pid {pid}): "
@@ -73,8 +78,8 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = START_TIMEOUT
         (state_dir / name).unlink(missing_ok=True)
     log_file = (state_dir / "cloud.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "phoenixci.localcloud.daemon", "run", "--state-dir",
-                             str(state_dir)], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                            start_new_session=True)
+                             str(state_dir), "--region", region], stdin=subprocess.DEVNULL, stdout=log_file,
+                            stderr=log_file, start_new_session=True)
     log_file.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,10 +108,10 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
     pid = _pid(state_dir)
     if pid is None:
         return {"state_dir": str(state_dir), "running": False, "instances": []}
-    try:
-        data = dict(json.loads((state_dir / "status.json").read_text()))
-    except (OSError, ValueError):
-        data = {"instances": []}
+    data: dict[str, Any] = {"subnets": {}, "instances": []}
+    for name in ("ready.json", "status.json"):  # status.json, once there, has every field of ready.json
+        with contextlib.suppress(OSError, ValueError):
+            data.update(json.loads((state_dir / name).read_text()))
     data.update(running=True, pid=pid, state_dir=str(state_dir))
     return data
 
@@ -145,7 +150,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = STOP_TIMEOUT) 
     return list(swept)
 
 
-def run(state_dir: Path) -> int:
+def run(state_dir: Path, region: str = DEFAULT_REGION) -> int:
     """The daemon's main: hold the lock, run the cloud, write status, stop on SIGTERM."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +164,7 @@ def run(state_dir: Path) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    cloud = LocalCloud(state_dir)
+    cloud = LocalCloud(state_dir, region=region)  # the region was checked by start()
     try:
         info = cloud.start()
     except Exception as e:  # noqa: BLE001 - reported in the log the CLI shows
@@ -167,6 +172,7 @@ def run(state_dir: Path) -> int:
         with contextlib.suppress(Exception):
             cloud.stop()
         return 1
+    _write_json(state_dir / "status.json", cloud.status())  # complete before anyone reads ready.json
     ready = {"endpoint_url": info.endpoint_url, "image_id": info.image_id, "region": info.region,
              "pid": os.getpid(), "env_file": str(state_dir / "env")}
     _write_json(state_dir / "ready.json", ready)
@@ -197,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phoenixci.localcloud.daemon")
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--region", default=DEFAULT_REGION)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("moto").setLevel(logging.ERROR)
-    return run(args.state_dir)
+    return run(args.state_dir, args.region)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ _MODULES = (
     "phoenixci.localcloud.patches.eip_semantics",
     "phoenixci.localcloud.patches.eip_events",  # after eip_semantics: a move is one outermost call
     "phoenixci.localcloud.patches.console_output",
+    "phoenixci.localcloud.patches.availability_zones",
+    "phoenixci.localcloud.patches.region_refusal",  # last: the outermost check, before any authorization
 )
 
 _lock = threading.Lock()

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import testinfra
 
-from phoenixci.localcloud import cgroups, netlink
+from phoenixci.localcloud import cgroups, daemon, netlink
 from phoenixci.localcloud.runtime import Runtime
 from phoenixci.util import WaitTimeout, wait_until
 
@@ -72,6 +72,7 @@ class Cloud:
     env: dict[str, str]
     ready: dict[str, Any]
     home: Path
+    started_status: dict[str, Any] = field(default_factory=dict)  # read the moment `cloud start` returned
     runtime: Runtime = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,8 +187,8 @@ def daemon_alive(pid: int) -> bool:
         return False
 
 
-def cloud_start(state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return _run([PHOENIXCI, "cloud", "start", "--state-dir", str(state_dir)], timeout=CLOUD_START_TIMEOUT)
+def cloud_start(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run([PHOENIXCI, "cloud", "start", "--state-dir", str(state_dir), *args], timeout=CLOUD_START_TIMEOUT)
 
 
 def cloud_stop(state_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -201,17 +202,20 @@ def attach(state_dir: Path, home: Path) -> Cloud:
 
 
 @contextlib.contextmanager
-def running_cloud(state_dir: Path) -> Iterator[Cloud]:
-    """``phoenixci cloud start`` … yield … ``phoenixci cloud stop``, then nothing of it may be left."""
+def running_cloud(state_dir: Path, *start_args: str) -> Iterator[Cloud]:
+    """``phoenixci cloud start [start_args]`` … yield … ``phoenixci cloud stop``, then nothing of it may be left."""
     __tracebackhide__ = True
     state_dir = state_dir.resolve()
     home = state_dir.parent / f"{state_dir.name}-home"
     home.mkdir(parents=True, exist_ok=True)
     tag = Runtime(state_dir / "runtime").tag
     try:
-        proc = cloud_start(state_dir)
+        proc = cloud_start(state_dir, *start_args)
+        started = daemon.status(state_dir)  # what a script reads right after `cloud start` returns
         assert proc.returncode == 0, f"phoenixci cloud start failed: {proc.stdout}{proc.stderr}"
-        yield attach(state_dir, home)
+        cloud = attach(state_dir, home)
+        cloud.started_status = started
+        yield cloud
     finally:
         pid = _read_pid(state_dir)  # the daemon running now (a test may have restarted it)
         proc = cloud_stop(state_dir)
@@ -275,7 +279,7 @@ class Network:
 
 
 def make_network(cloud: Cloud, key_file: Path, ports: tuple[int, ...] = (22, 8080),
-                 cidr: str | None = None) -> Network:
+                 cidr: str | None = None, zone: str | None = None) -> Network:
     """Key pair, VPC, subnet and a security group with ``ports`` open, all with the aws CLI."""
     cidr = cidr or free_subnet()
     key_name = unique("key")
@@ -283,7 +287,8 @@ def make_network(cloud: Cloud, key_file: Path, ports: tuple[int, ...] = (22, 808
               "--public-key-material", f"fileb://{key_file}.pub")
     vpc_cidr = str(ipaddress.ip_network(cidr).supernet(new_prefix=16))
     vpc = cloud.aws("ec2", "create-vpc", "--cidr-block", vpc_cidr)["Vpc"]["VpcId"]
-    subnet = cloud.aws("ec2", "create-subnet", "--vpc-id", vpc, "--cidr-block", cidr)["Subnet"]["SubnetId"]
+    where = ("--availability-zone", zone) if zone else ()
+    subnet = cloud.aws("ec2", "create-subnet", "--vpc-id", vpc, "--cidr-block", cidr, *where)["Subnet"]["SubnetId"]
     group = cloud.aws("ec2", "create-security-group", "--group-name", unique("sg"), "--description", "test",
                       "--vpc-id", vpc)["GroupId"]
     perms = [{"IpProtocol": "tcp", "FromPort": p, "ToPort": p, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
