@@ -164,7 +164,8 @@ def launcher(world: World) -> dict[str, Any]:
     world.make_role("mp-app-a", [allow("s3:GetObject", "*")], profile=True)
     world.make_role("mp-app-b", [allow("s3:*", "*")], profile=True)
     arn = world.make_role("mp-launcher", [
-        allow(["ec2:RunInstances", "ec2:DescribeInstances", "ec2:AssociateIamInstanceProfile"], "*"),
+        allow(["ec2:RunInstances", "ec2:DescribeInstances", "ec2:AssociateIamInstanceProfile",
+               "ec2:CreateSecurityGroup"], "*"),  # the stacks' security group is made as the caller
         allow(["cloudformation:CreateStack", "cloudformation:DeleteStack",
                "cloudformation:DescribeStacks", "cloudformation:DescribeStackEvents"], STACK_ARN_APP),
         allow("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/mp-app-a")])

@@ -161,6 +161,70 @@ class TestAgentRole:
         assert not ec2.describe_addresses(AllocationIds=[out["AppEipAllocationId"]])["Addresses"][0].get("InstanceId")
 
 
+class TestAgentActsOnlyOnItsAppServers:
+    """From where an attacker stands: a build step with the agent role's credentials (the agent's IMDS)."""
+
+    def test_cannot_terminate_or_start_the_ci_hosts(self, phoenix_backend: Any, agent_role: Any,
+                                                    scratch_infra: Infrastructure) -> None:
+        out = scratch_infra.stack.outputs
+        ec2 = phoenix_backend.client("ec2", agent_role)
+        for host in (out["CiServerInstanceId"], out["CiAgentInstanceId"]):
+            denied(ec2.terminate_instances, InstanceIds=[host])
+            denied(ec2.start_instances, InstanceIds=[host])
+        assert {out["CiServerInstanceId"], out["CiAgentInstanceId"]} <= _running(phoenix_backend.client("ec2"))
+
+    def test_cannot_retag_the_ci_server_into_scope(self, phoenix_backend: Any, agent_role: Any,
+                                                   scratch_infra: Infrastructure) -> None:
+        server = scratch_infra.stack.outputs["CiServerInstanceId"]
+        ec2 = phoenix_backend.client("ec2", agent_role)
+        denied(ec2.create_tags, Resources=[server], Tags=[{"Key": "phoenixci:role", "Value": "app"}])
+        denied(ec2.delete_tags, Resources=[server], Tags=[{"Key": "phoenixci:role"}])
+        tags = {t["Key"]: t["Value"] for t in phoenix_backend.client("ec2").describe_tags(
+            Filters=[{"Name": "resource-id", "Values": [server]}])["Tags"]}
+        assert tags["phoenixci:role"] == "ci-server"
+        denied(ec2.terminate_instances, InstanceIds=[server])
+
+    def test_launches_only_app_servers_of_its_run(self, phoenix_backend: Any, agent_role: Any,
+                                                  scratch_infra: Infrastructure) -> None:
+        out, params = scratch_infra.stack.outputs, scratch_infra.stack.parameters
+        ec2 = phoenix_backend.client("ec2", agent_role)
+        before = _running(phoenix_backend.client("ec2"))
+        for role, run in (("ci-server", scratch_infra.run_id), ("app", "another-run"), (None, None)):
+            tags = [{"Key": k, "Value": v} for k, v in (("phoenixci:role", role), ("phoenixci:run-id", run)) if v]
+            denied(ec2.run_instances, ImageId=params["ImageId"], MinCount=1, MaxCount=1, SubnetId=out["SubnetId"],
+                   SecurityGroupIds=[out["AppSecurityGroupId"]],
+                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags}] if tags else [])
+        assert _running(phoenix_backend.client("ec2")) == before
+
+    def test_cannot_terminate_an_app_server_of_another_run(self, phoenix_backend: Any, agent_role: Any,
+                                                           scratch_infra: Infrastructure) -> None:
+        params = scratch_infra.stack.parameters
+        admin = phoenix_backend.client("ec2")
+        other = admin.run_instances(ImageId=params["ImageId"], MinCount=1, MaxCount=1, TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "phoenixci:role", "Value": "app"},
+                                                  {"Key": "phoenixci:run-id", "Value": "another-run"}]}],
+                                    )["Instances"][0]["InstanceId"]
+        try:
+            denied(phoenix_backend.client("ec2", agent_role).terminate_instances, InstanceIds=[other])
+            assert other in _running(admin)
+        finally:
+            admin.terminate_instances(InstanceIds=[other])
+
+    def test_deploys_and_retires_an_app_server(self, phoenix_backend: Any, agent_role: Any,
+                                               scratch_infra: Infrastructure) -> None:
+        """The stack's own operations run as the agent: launch tagged at launch, then terminate."""
+        cfn = phoenix_backend.client("cloudformation", agent_role)
+        s3 = phoenix_backend.client("s3", agent_role)
+        stack = stacks.create(cfn, s3, "app-z", load_template("app-server"), app_params(scratch_infra),
+                              run_id=scratch_infra.run_id)
+        instance_id = stack.output("InstanceId")
+        assert instance_id in _running(phoenix_backend.client("ec2"))
+        stacks.delete(cfn, s3, "app-z")
+        assert instance_id not in _running(phoenix_backend.client("ec2"))
+        denied(cfn.create_stack, StackName="app-untagged", TemplateBody=load_template("app-server").body,
+               Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in app_params(scratch_infra).items()])
+
+
 def _running(ec2: Any) -> set[str]:
     return {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
             if i["State"]["Name"] in {"pending", "running"}}

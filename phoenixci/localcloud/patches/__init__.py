@@ -34,6 +34,8 @@ _MODULES = (
     "phoenixci.localcloud.patches.cfn_rollback",
     "phoenixci.localcloud.patches.cfn_delete",
     "phoenixci.localcloud.patches.cfn_bucket_policy",
+    "phoenixci.localcloud.patches.request_conditions",  # identity-policy conditions, tag-on-create
+    "phoenixci.localcloud.patches.cfn_caller",  # after cfn_rollback and cfn_delete, which it relies on
     "phoenixci.localcloud.patches.eip_semantics",
     "phoenixci.localcloud.patches.eip_events",  # after eip_semantics: a move is one outermost call
     "phoenixci.localcloud.patches.console_output",

@@ -16,15 +16,16 @@ Because the bucket then really has a policy, its Conditions must mean something:
 ignores the ``Bool`` operator, so the template's TLS-only ``Deny ... Condition Bool
 aws:SecureTransport false`` denied *every* request. ``FakeBucket.get_permission`` is
 replaced by an evaluation that applies a statement only when its condition holds
-(Bool, String(Not)Equals/Like, ...IfExists; an unknown operator counts as met, i.e.
-a conditional Deny keeps denying). Request context: ``aws:SecureTransport`` is
-``LOCAL_TRANSPORT_IS_SECURE`` -- the embedded API is plain HTTP bound to loopback and
-the run's own bridges only (DESIGN.md, safety rules), which the local cloud treats as
-its equivalent of AWS's TLS endpoint.
+(every operator IAM documents, ``_conditions``; an unknown operator counts as met in a
+Deny, i.e. a conditional Deny keeps denying, and as not met in an Allow). Request
+context: the request being served (``_request_context``: source address, principal, S3
+keys, object tags); ``aws:SecureTransport`` is ``LOCAL_TRANSPORT_IS_SECURE`` unless a
+hook is installed (``_request_context.set_secure_transport``) -- the embedded API is plain
+HTTP bound to loopback and the run's own bridges only (DESIGN.md, safety rules), which the
+local cloud treats as its equivalent of AWS's TLS endpoint.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 from typing import Any
@@ -127,48 +128,27 @@ def model_class() -> type:
 LOCAL_TRANSPORT_IS_SECURE = True
 
 
-def request_context() -> dict[str, str]:
-    return {"aws:SecureTransport": "true" if LOCAL_TRANSPORT_IS_SECURE else "false"}
+def request_context(resource: str = "*") -> dict[str, Any]:
+    """The context bucket-policy Conditions see: the request being served (its transport,
+    source address, principal, S3 keys, the object's tags), else ``aws:SecureTransport`` alone."""
+    from phoenixci.localcloud.patches._request_context import (
+        access_key_of,
+        build_context,
+        current_request,
+    )
+
+    request = current_request()
+    if request is None:
+        return {"aws:SecureTransport": "true" if LOCAL_TRANSPORT_IS_SECURE else "false"}
+    return build_context(request, access_key_of(request), resource)
 
 
-def _values(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    return [str(v).lower() if isinstance(v, bool) else str(v) for v in items]
+def condition_holds(condition: dict[str, Any] | None, context: dict[str, Any], effect: str = "Allow") -> bool:
+    """True when a statement's Condition block holds for ``context`` (``_conditions``); an
+    operator IAM does not define counts as met in a Deny and as not met in an Allow."""
+    from phoenixci.localcloud.patches._policy_eval import condition_applies
 
-
-def _operator_holds(operator: str, expected: dict[str, Any], context: dict[str, str]) -> bool:
-    if_exists = operator.endswith("IfExists")
-    base = operator[: -len("IfExists")] if if_exists else operator
-    for key, wanted in expected.items():
-        actual = next((v for k, v in context.items() if k.lower() == key.lower()), None)
-        if actual is None:
-            if if_exists or base.startswith(("StringNot", "ArnNot")):
-                continue
-            return False
-        options = _values(wanted)
-        if base == "Bool":
-            ok = actual.lower() in {o.lower() for o in options}
-        elif base == "StringEquals":
-            ok = actual in options
-        elif base == "StringNotEquals":
-            ok = actual not in options
-        elif base == "StringEqualsIgnoreCase":
-            ok = actual.lower() in {o.lower() for o in options}
-        elif base == "StringLike":
-            ok = any(fnmatch.fnmatchcase(actual, o) for o in options)
-        elif base == "StringNotLike":
-            ok = not any(fnmatch.fnmatchcase(actual, o) for o in options)
-        else:
-            log.warning("bucket policy condition operator %s is not evaluated; treated as met", operator)
-            ok = True
-        if not ok:
-            return False
-    return True
-
-
-def condition_holds(condition: dict[str, Any] | None, context: dict[str, str]) -> bool:
-    """True when every operator of a statement's Condition block holds for ``context``."""
-    return all(_operator_holds(op, body or {}, context) for op, body in (condition or {}).items())
+    return condition_applies({"Condition": condition or {}, "Effect": effect}, context)
 
 
 def bucket_permission(policy_text: str, action: str, resource: str,
@@ -176,13 +156,13 @@ def bucket_permission(policy_text: str, action: str, resource: str,
     """moto's PermissionResult of a bucket policy, with Conditions evaluated."""
     from moto.iam.access_control import IAMPolicyStatement, PermissionResult
 
-    context = request_context() if context is None else context
+    context = request_context(resource) if context is None else context
     statements = json.loads(policy_text).get("Statement", [])
     if isinstance(statements, dict):
         statements = [statements]
     permitted = False
     for statement in statements:
-        if not condition_holds(statement.get("Condition"), context):
+        if not condition_holds(statement.get("Condition"), context, str(statement.get("Effect", ""))):
             continue
         plain = {k: v for k, v in statement.items() if k != "Condition"}
         result = IAMPolicyStatement(plain).is_action_permitted(action, resource)

@@ -62,12 +62,13 @@ def profile_role_arns(account_id: str, region: str, profile: str) -> list[str]:
 def denied_role(caller: Caller | None, role_arns: list[str]) -> str | None:
     """The first role ``caller`` may not pass, or None when all may be passed."""
     from phoenixci.localcloud.patches._policy_eval import evaluate
+    from phoenixci.localcloud.patches._request_context import passrole_context
 
     if caller is None:  # IAM enforcement off: nothing to check
         return None
     policies = caller.policies()
     for role_arn in role_arns:
-        if not evaluate(policies, "iam:PassRole", role_arn):
+        if not evaluate(policies, "iam:PassRole", role_arn, context=passrole_context(caller.access_key)):
             log.info("%s may not iam:PassRole %s", caller.arn, role_arn)
             return role_arn
     return None

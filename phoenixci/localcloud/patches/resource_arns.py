@@ -122,6 +122,8 @@ def _run_instances(params: Mapping[str, str], region: str, account: str) -> list
     arns += [_ec2(region, account, "security-group", g) for g in dict.fromkeys(groups)]
     if params.get("KeyName"):
         arns.append(_ec2(region, account, "key-pair", params["KeyName"]))
+    if params.get("LaunchTemplate.LaunchTemplateId"):
+        arns.append(_ec2(region, account, "launch-template", params["LaunchTemplate.LaunchTemplateId"]))
     arns.append(_ec2(region, account, "network-interface", "*"))
     arns.append(_ec2(region, account, "volume", "*"))
     return arns
@@ -240,6 +242,7 @@ def install() -> None:
 
     from phoenixci.localcloud.patches._caller import is_patched, mark, replace
     from phoenixci.localcloud.patches._policy_eval import as_resources, evaluate
+    from phoenixci.localcloud.patches._request_context import context_source
 
     original_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_normal_action
     if not is_patched(original_authorize):
@@ -260,7 +263,8 @@ def install() -> None:
             if self._action == "sts:GetCallerIdentity":  # always allowed, as in AWS
                 return
             resources = as_resources(resource)
-            if not evaluate(self._access_key.collect_policies(), self._action, resources):
+            if not evaluate(self._access_key.collect_policies(), self._action, resources,
+                            context=context_source(self._access_key, self._action)):
                 self._raise_access_denied()
             for arn in resources:
                 if self._is_assuming_role_operation(arn) and \
