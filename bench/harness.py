@@ -3,8 +3,9 @@
 Wall time of `pytest -m acceptance` (one session: the fixture chain brings the pipeline up, every
 acceptance test, teardown with the leak checks) and of `make demo` (the main job); the time the
 session's teardown took (pytest's --durations: the teardown of the last test carries the
-session fixtures'); and what either left on this machine (namespaces, links, cgroups, firewall
-tables, daemons, mounts of local clouds). Targets: acceptance <= 300 s, demo <= 180 s, leftovers 0.
+session fixtures'); and what either left on this machine: the namespaces, links, cgroups,
+firewall tables, mounts and processes of every local cloud they started (their state
+directories are under the bench's own TMPDIR; other clouds on the machine are not counted). Targets: acceptance <= 300 s, demo <= 180 s, leftovers 0.
 
 Prints JSON. Usage: python bench/harness.py [--skip-demo] [--skip-acceptance]
 """
@@ -14,34 +15,43 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phoenixci.localcloud import cgroups, netlink  # noqa: E402
+from phoenixci.localcloud.hostcheck import host_leftovers  # noqa: E402
 
 
-def host_state() -> set[str]:
-    """Everything of any local cloud on this machine (all carry the phx prefix or name)."""
-    items = {f"netns {n}" for n in netlink.netns_names() if n.startswith("phx")}
-    items |= {f"link {n}" for n in netlink.link_names() if n.startswith("phx")}
-    items |= {f"cgroup {p.name}" for p in cgroups.root().glob("phx*")}
-    items |= {f"nft {t}" for t in netlink.tables() if t.startswith("phoenixci_")}
-    items |= {f"mount {ln.split()[1]}" for ln in Path("/proc/mounts").read_text().splitlines()
-              if "phoenixci" in ln.split()[1]}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "phoenixci.localcloud.daemon" in cmd or "container_init.py" in cmd:
-                items.add(f"process {proc.name} {cmd[:60]}")
-    return items
+class CloudWatch(threading.Thread):
+    """Notes every local cloud whose state directory is under ``root`` (the bench's own: its
+    subprocesses get TMPDIR=root), from the tag claims in /run/phoenixci/tags, twice a second."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.root, self.seen = str(root), {}  # type: ignore[var-annotated]
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.5):
+            for claim in Path("/run/phoenixci/tags").glob("phx*"):
+                try:
+                    state_dir = claim.read_text().strip()
+                except OSError:
+                    continue
+                if state_dir.startswith(self.root):
+                    self.seen[claim.name] = state_dir
+
+    def leftovers(self) -> list[str]:
+        self.halt.set()
+        self.join()
+        return [item for tag, state_dir in sorted(self.seen.items()) for item in host_leftovers(tag, state_dir)]
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -61,7 +71,10 @@ def main() -> int:
     env.update(AWS_EC2_METADATA_DISABLED="true", COLUMNS="200")
     subprocess.run([sys.executable, "-m", "phoenixci", "image", "build"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=1800)
-    before = host_state()
+    own = Path(tempfile.mkdtemp(prefix="phoenixci-bench-"))
+    env["TMPDIR"] = str(own)
+    watch = CloudWatch(own)
+    watch.start()
     result: dict[str, object] = {"machine": {"cpus": os.cpu_count()}}
     if not args.skip_acceptance:
         seconds, proc = timed([sys.executable, "-m", "pytest", "-m", "acceptance", "-q", "-p", "no:cacheprovider",
@@ -76,7 +89,9 @@ def main() -> int:
         seconds, proc = timed(["make", "demo"] if args.make else [sys.executable, "-m", "phoenixci", "demo"], env)
         result["demo"] = {"seconds": round(seconds, 1), "exit_code": proc.returncode, "target_seconds": 180,
                           "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else []}
-    left = sorted(host_state() - before)
+    left = watch.leftovers()
+    shutil.rmtree(own, ignore_errors=True)
+    result["clouds_watched"] = len(watch.seen)
     result["leftovers"] = len(left)
     result["leftover_items"] = left
     print(json.dumps(result, indent=2))
