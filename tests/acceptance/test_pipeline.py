@@ -158,14 +158,19 @@ def test_take_the_agents_credentials():
 '''
 
 
-def test_a_commit_cannot_take_the_agents_credentials(phoenix_ci: EnvState, phoenix_repo: AppRepo,
-                                                     push_commit: Any) -> None:
+def test_a_commit_cannot_take_the_agents_credentials(phoenix_ci: EnvState, push_commit: Any) -> None:
+    """One hostile commit carries both attempts (this one and the next test's): its build stops at
+    the test step; the next test reads the same log, then repairs the tree."""
     good = live(phoenix_ci)
-    log = stopped_at_test(phoenix_ci, push_commit({"tests/test_thief.py": IMDS_THIEF}, "steal the agent's credentials"))
+    release = push_commit({"tests/test_thief.py": IMDS_THIEF, "tests/test_escape.py": ESCAPE}, "a hostile commit")
+    HOSTILE.update(release=release, good=good)
+    log = stopped_at_test(phoenix_ci, release)
     assert "STOLEN" not in log and "AccessKeyId" not in log
     assert "Connection refused" in log or "URLError" in log, log[-2000:]
     assert live(phoenix_ci) == good
-    repair(phoenix_repo, push_commit, good, "remove the thief")
+
+
+HOSTILE: dict[str, Any] = {}
 
 
 ESCAPE = '''\
@@ -199,8 +204,9 @@ def test_leave_something_behind():
 
 def test_untrusted_tests_cannot_reach_the_worker_or_outlive_their_step(phoenix_ci: EnvState, phoenix_repo: AppRepo,
                                                                       push_commit: Any, ci_agent_host: Any) -> None:
-    good = live(phoenix_ci)
-    log = stopped_at_test(phoenix_ci, push_commit({"tests/test_escape.py": ESCAPE}, "try to escape the test step"))
+    assert HOSTILE, "the hostile commit is pushed by test_a_commit_cannot_take_the_agents_credentials (run it first)"
+    good = HOSTILE["good"]
+    log = stopped_at_test(phoenix_ci, HOSTILE["release"])
     assert "LEFT a sleeper" in log, log[-3000:]
     for what in ("read-worker-password", "list-worker-checkout", "write-phoenixci-venv", "write-pipeline-env",
                  "sudo"):
@@ -256,8 +262,8 @@ def test_rollback_is_one_command(phoenix_ci: EnvState, phoenix_repo: AppRepo, ph
 def test_the_ci_hosts_survive_a_restart(phoenix_ci: EnvState, push_commit: Any, phoenix_backend: Any,
                                         ci_agent_host: Any) -> None:
     """Stop and start both CI instances (EC2 keeps their disks and private addresses): every unit
-    comes back by itself, the IMDS fence is loaded again beside the cloud's own tables, and the
-    next push is built and deployed."""
+    comes back by itself, the IMDS fence is loaded again (the cloud's own rules are on the host side
+    of the instance's link, none inside), and the next push is built and deployed."""
     ec2 = phoenix_backend.client("ec2")
     ids = [h.instance_id for h in phoenix_ci.hosts.values()]
     ec2.stop_instances(InstanceIds=ids)
@@ -274,7 +280,7 @@ def test_the_ci_hosts_survive_a_restart(phoenix_ci: EnvState, push_commit: Any, 
 
     wait_until(back, timeout=180, interval=1, what="the CI hosts to come back with the worker connected")
     tables = ci_agent_host.run("nft list tables").stdout
-    assert "inet phoenixci_build" in tables and "inet phoenixci_sg" in tables, tables
+    assert "inet phoenixci_build" in tables and "phoenixci_sg" not in tables, tables
     release = push_commit({"NOTES": f"restarted {time.time_ns()}\n"}, "after a restart")
     assert release.succeeded and live(phoenix_ci) == release.revision
 
