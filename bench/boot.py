@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from imds_stub import ImdsStub, StubInstance  # noqa: E402
 
-from phoenixci.localcloud import cgroups, netlink  # noqa: E402
+from phoenixci.localcloud import cgroups, hostsg, netlink  # noqa: E402
 from phoenixci.localcloud.image import build_image  # noqa: E402
 from phoenixci.localcloud.runtime import Bridge, InstanceSpec, Runtime  # noqa: E402
 from phoenixci.util import free_port  # noqa: E402
@@ -65,6 +65,10 @@ def boot(runtime: Runtime, bridge: Bridge, imds: ImdsStub, key: Path, hosts: lis
         imds.instances[ip] = StubInstance(iid, ip, spec.hostname, mac,
                                           key.with_suffix(".pub").read_text().strip(), USER_DATA)
         specs.append(spec)
+    ports = [hostsg.Port(s.instance_id, runtime.veth(s.instance_id), s.mac, s.private_ip, (hostsg.OPEN,))
+             for s in specs]  # the host side of each link, as the cloud makes it (all traffic allowed)
+    subnet = hostsg.Subnet(bridge.name, bridge.gateway_ip, imds.server.server_address[1])
+    hostsg.apply(runtime.tag, hostsg.render(runtime.tag, [subnet], ports))
     t0 = time.monotonic()
     for spec in specs:
         runtime.start(spec, image)  # type: ignore[arg-type]

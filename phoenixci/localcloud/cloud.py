@@ -110,6 +110,7 @@ class LocalCloud:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> CloudInfo:
+        from phoenixci.localcloud.hostsg import CloudLinks
         from phoenixci.localcloud.image import build_image
         from phoenixci.localcloud.mirror import fill_wheelhouse
         from phoenixci.localcloud.netsync import NetworkSync
@@ -132,9 +133,8 @@ class LocalCloud:
         try:
             self.image_id = self._register_image()
             self._serve_consoles()
-            self._net = NetworkSync(read=self._read, ec2=self._ec2, running=self.runtime.list,
-                                    netns_name=self.runtime.netns_name,
-                                    gateway_of=lambda cidr: self._bridges[cidr].gateway_ip).start()
+            self._net = NetworkSync(read=self._read, ec2=self._ec2, running=self.runtime.list, links=CloudLinks(
+                self.runtime, self._bridges, self._imds, services={self.api.port, MIRROR_PORT})).start()
             self.reconciler = Reconciler(read=self._read, ensure_running=self._ensure_running,
                                          ensure_stopped=self.runtime.stop, ensure_gone=self.runtime.destroy,
                                          phase_of=self.runtime.boot_phase, apply_network=self._net.apply,
@@ -289,7 +289,7 @@ class LocalCloud:
         if self.runtime.boot_phase(view.instance_id) not in {"absent", "stopped"}:
             return  # already booting or running (or failed: reported by its phase)
         bridge = self._bridge(view.subnet_cidr)
-        self._net.forget(view.instance_id)  # a new namespace needs its rules again
+        self._net.prepare(view.instance_id)  # its port and groups on the host before it starts
         network = ipaddress.ip_network(view.subnet_cidr)
         spec = InstanceSpec(instance_id=view.instance_id, private_ip=view.private_ip,
                             prefix_len=network.prefixlen, gateway_ip=bridge.gateway_ip,

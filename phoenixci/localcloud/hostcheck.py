@@ -1,6 +1,6 @@
 """What a local cloud leaves on the host, listed without touching it: the leak check's eyes.
 
-Everything a cloud makes carries its tag (namespaces, links, cgroups, its nftables table) or
+Everything a cloud makes carries its tag (namespaces, links, cgroups, its nftables tables) or
 lives under its state directory (mounts); its processes run in its cgroups or name its state
 directory. ``LocalCloud.stop`` removes them; this proves from the outside that it did.
 """
@@ -38,13 +38,13 @@ def tag_of(state_dir: str | Path, name_prefix: str = "phx") -> str:
 
 
 def host_leftovers(tag: str, state_dir: str | Path) -> list[str]:
-    """Namespaces, links, cgroups, mounts, firewall table and processes of the cloud ``tag``."""
+    """Namespaces, links, cgroups, mounts, nftables tables (every family) and processes of ``tag``."""
     state = str(Path(state_dir).resolve()) if state_dir else ""
     left = [f"netns {ns}" for ns in netlink.netns_names() if ns.startswith(tag)]
     left += [f"link {name}" for name in netlink.link_names() if name.startswith(tag)]
     left += [f"cgroup {p.name}" for p in sorted(cgroups.root().glob(f"{tag}*"))]
-    if f"phoenixci_{tag}" in netlink.tables():
-        left.append(f"nft table phoenixci_{tag}")
+    left += [f"nft table {family} {name}" for family, name in netlink.family_tables()
+             if name == f"phoenixci_{tag}"]
     if state:
         for line in Path("/proc/mounts").read_text().splitlines():
             target = line.split()[1]

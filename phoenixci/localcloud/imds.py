@@ -1,8 +1,9 @@
 """The local cloud's EC2 Instance Metadata Service (IMDSv1 and IMDSv2), stdlib HTTP.
 
-The host DNATs 169.254.169.254:80 inside each instance's network namespace to this server
-on the subnet gateway, so the TCP source address is the instance's private IP: that is how
-the caller is identified (a directory maps it to an ``InstanceInfo``; unknown → 403).
+The host DNATs 169.254.169.254:80 arriving from a subnet's bridge to this server on its gateway
+(hostsg.py), so the TCP source address is the instance's private IP — which its link lets it
+send from alone: that is how the caller is identified (a directory maps it to an ``InstanceInfo``;
+unknown → 403).
 
 As in EC2:
 - ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` (1..21600) returns a

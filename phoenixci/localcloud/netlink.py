@@ -1,4 +1,10 @@
-"""ip / nft / dnsmasq commands for the instance runtime (every argument as list argv)."""
+"""ip / nft / dnsmasq commands for the instance runtime (every argument as list argv).
+
+Every nftables table of a cloud is named ``phoenixci_<tag>``, one per family: ``inet`` = the host
+firewall (nothing routed out), ``ip`` and ``bridge`` = security groups, the metadata redirect and
+anti-spoofing on the host side of each instance's link (``hostsg``). ``tables()`` lists the names
+of every family, ``delete_table`` removes a name from every family.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -41,12 +47,27 @@ def netns_names() -> list[str]:
     return [line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line.strip()]
 
 
+FAMILIES = ("inet", "ip", "bridge")
+BR_NETFILTER = Path("/proc/sys/net/bridge")
+
+
+def _br_netfilter() -> None:
+    """Bridged IPv4 must pass the IPv4 hooks (security groups are enforced there): br_netfilter."""
+    if not BR_NETFILTER.exists():
+        run(["modprobe", "br_netfilter"], check=False)
+    if not BR_NETFILTER.exists():
+        raise NetError("br_netfilter is unavailable (no /proc/sys/net/bridge; modprobe br_netfilter failed): "
+                       "security groups between instances could not be enforced")
+
+
 def ensure_bridge(name: str, cidr: str) -> str:
-    """Create bridge ``name`` with the subnet's first host address (the gateway); return it."""
+    """Create bridge ``name`` with the subnet's first host address (the gateway); return it.
+    Its bridged IPv4 goes through the IPv4 hooks (``nf_call_iptables``, this bridge only)."""
     net = ipaddress.ip_network(cidr)
     gateway = str(next(net.hosts()))
     if name not in link_names():
-        ip_batch([f"link add {name} type bridge",
+        _br_netfilter()
+        ip_batch([f"link add {name} type bridge nf_call_iptables 1",
                   f"addr add {gateway}/{net.prefixlen} dev {name}",
                   f"link set {name} up"])
         log.info("bridge %s up with gateway %s/%d", name, gateway, net.prefixlen)
@@ -100,17 +121,27 @@ table inet {table} {{
 
 
 def delete_table(table: str) -> None:
-    run(["nft", "delete", "table", "inet", table], check=False)
+    """Remove ``table`` from every family (one transaction; no error where it is absent)."""
+    run(["nft", "-f", "-"], stdin="".join(f"table {f} {table} {{}}\ndelete table {f} {table}\n"
+                                          for f in FAMILIES), check=False)
+
+
+def family_tables() -> list[tuple[str, str]]:
+    """(family, name) of every nftables table in the host's namespace."""
+    out = run(["nft", "list", "tables"], check=False)
+    return [(line.split()[1], line.split()[2]) for line in out.splitlines()
+            if line.startswith("table ") and len(line.split()) == 3]
 
 
 def tables() -> list[str]:
-    out = run(["nft", "list", "tables"], check=False)
-    return [line.split()[-1] for line in out.splitlines() if line.startswith("table inet ")]
+    """Names of the host's nftables tables, every family (a name may appear once per family)."""
+    return [name for _, name in family_tables()]
 
 
 def plumb_instance(netns: str, host_veth: str, bridge: str, mac: str, ip: str, prefix: int,
-                   gateway: str, imds_port: int) -> None:
-    """netns + veth (eth0 inside) into the bridge; subnet route only; IMDS DNAT to the gateway."""
+                   gateway: str) -> None:
+    """netns + veth (eth0 inside) into the bridge; the subnet route and the metadata address via
+    the gateway, nothing else. No rules inside: the host redirects 169.254.169.254 (``hostsg``)."""
     run(["ip", "netns", "add", netns])
     ip_batch([f"link add {host_veth} type veth peer name eth0 netns {netns}",
               f"link set {host_veth} master {bridge} up"])
@@ -120,15 +151,6 @@ def plumb_instance(netns: str, host_veth: str, bridge: str, mac: str, ip: str, p
               "link set eth0 up",
               # no default route: only the subnet (connected) and the metadata address via the gateway
               f"route add {IMDS_ADDRESS}/32 via {gateway} dev eth0"], netns=netns)
-    nat = f"""
-table ip phoenixci_imds {{
-  chain output {{
-    type nat hook output priority -100; policy accept;
-    ip daddr {IMDS_ADDRESS} tcp dport 80 dnat to {gateway}:{imds_port}
-  }}
-}}
-"""
-    run(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=nat)
 
 
 class Dnsmasq:

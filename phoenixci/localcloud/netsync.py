@@ -1,5 +1,11 @@
-"""The local cloud's network kept in step with moto: security groups as nftables rules in each
-instance's namespace, Elastic IPs as host-side forwarders (``eip.EipForwarding``).
+"""The local cloud's network kept in step with moto: security groups, anti-spoofing and the
+metadata redirect as nftables rules on the host side of every instance's link (``hostsg``), Elastic
+IPs as host-side forwarders (``eip.EipForwarding``).
+
+Security groups: ``prepare(instance_id)`` applies the rules before the instance's container
+starts (a port without rules sends nothing, so none may boot without them); ``apply(snap)`` keeps
+them in step on every reconcile pass, from a fresh read of moto under the lock, and only runs
+``nft`` when the rendered rules changed.
 
 Elastic IPs follow the API *synchronously*. Waiting for the next reconcile pass (0.2 s apart,
 longer while a pass boots or destroys instances) left a window after AssociateAddress returned
@@ -24,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from phoenixci.localcloud import secgroups
+from phoenixci.localcloud import hostsg, secgroups
 from phoenixci.localcloud.eip import ApplyResult, EipForwarding, ForwardingError, Target
 from phoenixci.localcloud.reconcile import RUNNING_STATES, Snapshot
 
@@ -49,12 +55,12 @@ class NetworkSync:
     """Security groups and Elastic IPs of one local cloud; see the module docstring."""
 
     def __init__(self, *, read: Callable[[], Snapshot], ec2: Callable[[], Any],
-                 running: Callable[[], Iterable[str]], netns_name: Callable[[str], str],
-                 gateway_of: Callable[[str], str], forwarding: EipForwarding | None = None) -> None:
+                 running: Callable[[], Iterable[str]], links: hostsg.CloudLinks | None = None,
+                 forwarding: EipForwarding | None = None) -> None:
         self._read, self._ec2, self._running = read, ec2, running
-        self._netns_name, self._gateway_of = netns_name, gateway_of
+        self.links = links  # None: no security groups (Elastic IPs only)
         self.forwarding = forwarding if forwarding is not None else EipForwarding()
-        self._rules: dict[str, str] = {}  # instance id → applied nftables ruleset
+        self._ruleset: str | None = None  # the host-side rules last applied
         self._lock = threading.RLock()
         self._closed = False
 
@@ -74,30 +80,31 @@ class NetworkSync:
             self._closed = True
         self.forwarding.close()
 
-    def forget(self, instance_id: str) -> None:
-        """A new namespace for ``instance_id``: its rules must be applied again."""
-        self._rules.pop(instance_id, None)
+    def prepare(self, instance_id: str) -> None:
+        """Before ``instance_id``'s container starts: its port and groups on the host, applied
+        even if unchanged (the tables may have gone with the last bridge)."""
+        self.sync_groups(force=True)
+        log.debug("host-side rules in place for %s", instance_id)
 
     # -- the reconciler's network step --------------------------------------------------------
     def apply(self, snap: Snapshot) -> None:
-        """Security groups of every running instance from ``snap``, then the Elastic IPs."""
-        members: dict[str, set[str]] = {}
-        for view in snap.instances.values():
-            for gid in view.group_ids:
-                members.setdefault(gid, set()).add(view.private_ip)
-        running = set(self._running())
-        for view in snap.instances.values():
-            if view.state not in RUNNING_STATES or view.instance_id not in running:
-                continue
-            groups = [secgroups.from_moto(snap.groups[g]) for g in view.group_ids if g in snap.groups]
-            ruleset = secgroups.render_nft(groups, gateway_ip=self._gateway_of(view.subnet_cidr),
-                                           members=members)
-            if self._rules.get(view.instance_id) != ruleset:
-                secgroups.apply_nft(self._netns_name(view.instance_id), ruleset)
-                self._rules[view.instance_id] = ruleset
+        """Security groups (from moto now, not ``snap``: a pass never undoes a newer prepare),
+        then the Elastic IPs."""
+        self.sync_groups()
         self.sync_eips()
 
-    # -- Elastic IPs ------------------------------------------------------------------------------
+    def sync_groups(self, *, force: bool = False) -> None:
+        """Host-side rules = moto's instances and groups now; raises NetError if nft refuses."""
+        if self.links is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            ruleset = self.links.render(self._fresh(), self._running())
+            if ruleset and (force or ruleset != self._ruleset):
+                hostsg.apply(self.links.tag, ruleset)
+            self._ruleset = ruleset
+
     def _fresh(self) -> Snapshot:
         for attempt in range(3):
             try:
@@ -106,6 +113,8 @@ class NetworkSync:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    # -- Elastic IPs ------------------------------------------------------------------------------
 
     def _desired(self) -> dict[str, Target]:
         return eip_targets(self._fresh(), self._running())

@@ -3,8 +3,8 @@
 Each pass reads moto's in-process EC2 backend (instances, subnets, security groups, Elastic
 IPs) and drives the runtime towards it: a running instance is a running system container, a
 stopped one is stopped, a terminated one is destroyed; each subnet with instances has a bridge
-(with the API and the IMDS listening on its gateway); security groups become nftables rules in
-the instance's namespace; associated Elastic IPs are forwarded from the host.
+(with the API and the IMDS listening on its gateway); security groups become nftables rules on
+the host side of each instance's link; associated Elastic IPs are forwarded from the host.
 
 Pure functions (``desired_*``) compute what should exist from a snapshot; ``Reconciler`` applies
 the difference and records per-instance phases and errors for ``phoenixci cloud status``.

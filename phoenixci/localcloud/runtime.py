@@ -4,11 +4,10 @@ Per subnet: a bridge ``<tag>b<hash>`` whose host side is the gateway (.1), a DHC
 (static leases: cloud-init's Ec2Local stage runs DHCP and stalls ~60 s without an answer) and a
 host nftables table ``phoenixci_<tag>`` dropping anything routed from or to its own interfaces.
 Per instance: netns ``<tag>-<short>`` with ``eth0`` (the private IP/MAC) on a veth into the bridge,
-a route to the subnet and to 169.254.169.254 only (no default route: nothing can leave the machine),
-the metadata address DNATed to the gateway's IMDS port; a cgroup ``<tag>-i<short>`` (kill =
-``cgroup.kill``); pid/mount/uts/ipc/cgroup namespaces with an overlayfs root, and systemd as PID 1
-(see container_init.py). ``<tag>`` = name_prefix + 3 hex of sha1(state_dir), so clouds on
-different state dirs never collide.
+routes to the subnet and 169.254.169.254 only (no default route: nothing can leave the machine; the
+host redirects 169.254.169.254 and guards the link: hostsg.py); a cgroup ``<tag>-i<short>`` (kill =
+``cgroup.kill``); pid/mount/uts/ipc/cgroup namespaces, an overlayfs root, systemd as PID 1 (see
+container_init.py). ``<tag>`` = name_prefix + 3 hex of sha1(state_dir): clouds never collide.
 """
 from __future__ import annotations
 
@@ -146,8 +145,7 @@ class Runtime:
                 self._dnsmasq(spec.bridge, spec.subnet_cidr).set_host(spec.mac, spec.private_ip)
             self._unplumb(spec.instance_id)
             netlink.plumb_instance(self.netns(spec.instance_id), self.veth(spec.instance_id), spec.bridge,
-                                   spec.mac, spec.private_ip, spec.prefix_len, spec.gateway_ip,
-                                   spec.imds_port)
+                                   spec.mac, spec.private_ip, spec.prefix_len, spec.gateway_ip)
             argv = ["nsenter", f"--net=/run/netns/{self.netns(spec.instance_id)}", "--",
                     "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup", "--fork", "--kill-child",
                     sys.executable, "-I", str(INIT_SCRIPT),

@@ -1,22 +1,20 @@
-"""Security-group semantics for the local cloud: matching, public ports, nftables per instance.
+"""Security-group semantics for the local cloud: the rules as EC2 describes them, and matching.
 
-A ``SecurityGroup`` holds ingress ``Rule``s as EC2 describes them. ``allows`` answers "may this
-source reach this port?"; ``allowed_public_ports`` lists the TCP ports the Elastic IP forwarder
-must listen on; ``render_nft``/``apply_nft`` enforce the groups inside an instance's network
-namespace.
+A ``SecurityGroup`` holds ingress and egress ``Rule``s (for egress, a rule's CIDRs and groups are
+destinations). ``allows`` answers "may this source reach this port?"; ``allowed_public_ports``
+lists the TCP ports the Elastic IP forwarder must listen on; ``port_match``/``addr_match`` are the
+nftables pieces ``hostsg`` builds the host-side rules from (enforced outside the guest's reach).
 
 The host stands for the internet: a rule is "internet-facing" when its CIDRs contain
-``127.0.0.1`` (``0.0.0.0/0`` does). Inside the namespace, the host appears as the subnet gateway
-(the EIP forwarder connects from there), so traffic from the gateway is accepted exactly for the
-internet-facing rules — never because a VPC CIDR happens to contain the gateway address.
-Egress is not filtered (the host firewall keeps traffic in the machine).
+``127.0.0.1`` (``0.0.0.0/0`` does). Traffic between an instance and the host (the EIP forwarder,
+the API, the mirror) is allowed exactly by internet-facing rules — never because a VPC CIDR
+happens to contain the gateway address.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
 import re
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +24,6 @@ from phoenixci.errors import PhoenixError
 log = logging.getLogger(__name__)
 
 Protocol = Literal["tcp", "udp", "icmp", "-1"]
-TABLE = "phoenixci_sg"
 INTERNET = ipaddress.ip_address("127.0.0.1")
 #: A wider internet-facing TCP range is cut to this many ports (one listener each).
 PUBLIC_RANGE_CAP = 64
@@ -35,7 +32,6 @@ _PROTOCOLS: dict[str, Protocol] = {
     "tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp",
     "-1": "-1", "all": "-1",
 }
-_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class SecurityGroupError(PhoenixError):
@@ -44,7 +40,8 @@ class SecurityGroupError(PhoenixError):
 
 @dataclass(frozen=True)
 class Rule:
-    """One ingress permission. Ports are inclusive; ``-1`` means all (or, for ICMP, any type)."""
+    """One permission. Ports are inclusive; ``-1`` means all (or, for ICMP, any type). For an
+    egress rule ``cidrs`` and ``source_groups`` are the destinations."""
 
     protocol: Protocol
     from_port: int = -1
@@ -87,6 +84,8 @@ class Rule:
 class SecurityGroup:
     group_id: str
     ingress: list[Rule] = field(default_factory=list)
+    egress: list[Rule] = field(default_factory=list)
+
 
 
 def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -94,6 +93,10 @@ def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError as e:
         raise SecurityGroupError(f"bad CIDR {cidr!r}: {e}") from None
+
+
+#: every new group's egress until revoked (AWS); moto gives it only to groups of an existing VPC
+ALL_OUTBOUND = Rule("-1", -1, -1, ["0.0.0.0/0"])
 
 
 def _rule(protocol: str | None, from_port: Any, to_port: Any, cidrs: list[str],
@@ -112,30 +115,46 @@ def _rule(protocol: str | None, from_port: Any, to_port: Any, cidrs: list[str],
 def from_api(group: Mapping[str, Any]) -> SecurityGroup:
     """Convert one element of ``describe_security_groups()["SecurityGroups"]``."""
     group_id = str(group["GroupId"])
-    rules = []
-    for perm in group.get("IpPermissions", []):
-        cidrs = [r["CidrIp"] for r in perm.get("IpRanges", []) if r.get("CidrIp")]
-        cidrs += [r["CidrIpv6"] for r in perm.get("Ipv6Ranges", []) if r.get("CidrIpv6")]
-        groups = [p["GroupId"] for p in perm.get("UserIdGroupPairs", []) if p.get("GroupId")]
-        rule = _rule(perm.get("IpProtocol"), perm.get("FromPort"), perm.get("ToPort"), cidrs, groups, group_id)
-        if rule is not None:
-            rules.append(rule)
-    return SecurityGroup(group_id, rules)
+
+    def rules(perms: list[Mapping[str, Any]]) -> list[Rule]:
+        out = []
+        for perm in perms:
+            cidrs = [r["CidrIp"] for r in perm.get("IpRanges", []) if r.get("CidrIp")]
+            cidrs += [r["CidrIpv6"] for r in perm.get("Ipv6Ranges", []) if r.get("CidrIpv6")]
+            groups = [p["GroupId"] for p in perm.get("UserIdGroupPairs", []) if p.get("GroupId")]
+            rule = _rule(perm.get("IpProtocol"), perm.get("FromPort"), perm.get("ToPort"), cidrs, groups,
+                         group_id)
+            if rule is not None:
+                out.append(rule)
+        return out
+
+    return SecurityGroup(group_id, rules(group.get("IpPermissions", [])),
+                         rules(group.get("IpPermissionsEgress", [])))
 
 
 def from_moto(group: Any) -> SecurityGroup:
-    """Convert a moto ``SecurityGroup`` model (moto keeps one CIDR or one source group per rule)."""
-    rules = []
-    for r in group.ingress_rules:
-        cidr = r.ip_range.get("CidrIp") or r.ip_range.get("CidrIpv6")
-        source = r.source_group.get("GroupId")
-        if r.source_group and not source:
-            log.warning("security group %s: source group without GroupId ignored: %r", group.id, r.source_group)
-        rule = _rule(r.ip_protocol, r.from_port, r.to_port, [cidr] if cidr else [],
-                     [source] if source else [], group.id)
-        if rule is not None:
-            rules.append(rule)
-    return SecurityGroup(group.id, rules)
+    """Convert a moto ``SecurityGroup`` model (moto keeps one CIDR or one source group per rule).
+
+    A group outside any VPC gets AWS's default egress (allow all): moto adds it only to groups of
+    an existing VPC, and it cannot have been revoked (moto refuses to revoke a rule it lacks).
+    """
+    def rules(moto_rules: Iterable[Any]) -> list[Rule]:
+        out = []
+        for r in moto_rules:
+            cidr = r.ip_range.get("CidrIp") or r.ip_range.get("CidrIpv6")
+            peer = r.source_group.get("GroupId")
+            if r.source_group and not peer:
+                log.warning("security group %s: peer group without GroupId ignored: %r", group.id, r.source_group)
+            rule = _rule(r.ip_protocol, r.from_port, r.to_port, [cidr] if cidr else [],
+                         [peer] if peer else [], group.id)
+            if rule is not None:
+                out.append(rule)
+        return out
+
+    egress = rules(getattr(group, "egress_rules", []))
+    if getattr(group, "vpc_id", None) is None and ALL_OUTBOUND not in egress:
+        egress.append(ALL_OUTBOUND)
+    return SecurityGroup(group.id, rules(group.ingress_rules), egress)
 
 
 def allows(groups: Iterable[SecurityGroup], *, source_ip: str, port: int, protocol: str = "tcp",
@@ -171,7 +190,7 @@ def allowed_public_ports(groups: Iterable[SecurityGroup], *, cap: int = PUBLIC_R
     return ports
 
 
-def _match(rule: Rule) -> str:
+def port_match(rule: Rule, *, direction: str = "dport") -> str:
     """The protocol/port part of an nft rule (empty for all traffic)."""
     if rule.protocol == "-1":
         return ""
@@ -180,97 +199,26 @@ def _match(rule: Rule) -> str:
     if rule.all_ports:
         return f"meta l4proto {rule.protocol}"
     ports = str(rule.from_port) if rule.from_port == rule.to_port else f"{rule.from_port}-{rule.to_port}"
-    return f"{rule.protocol} dport {ports}"
+    return f"{rule.protocol} {direction} {ports}"
 
 
-def _saddr(addrs: Iterable[str]) -> list[str]:
-    """``ip saddr { … }`` / ``ip6 saddr { … }`` matches for validated addresses or networks."""
+def addr_match(addrs: Iterable[str], field: str) -> str:
+    """``ip saddr { … }`` (``field`` = saddr | daddr) for the IPv4 addresses or networks among
+    ``addrs`` (validated; IPv6 ones are left out: instances send and receive IPv4 only), or ""."""
+    if field not in ("saddr", "daddr"):
+        raise SecurityGroupError(f"bad address field {field!r}")
     v4: set[str] = set()
-    v6: set[str] = set()
     for a in addrs:
         net = _network(a)
-        (v4 if net.version == 4 else v6).add(str(net.network_address) if net.num_addresses == 1 else str(net))
-    out = []
-    for fam, items in (("ip", v4), ("ip6", v6)):
-        if items:
-            out.append(f"{fam} saddr {{ {', '.join(sorted(items))} }}")
-    return out
+        if net.version == 4:
+            v4.add(str(net.network_address) if net.num_addresses == 1 else str(net))
+    return f"ip {field} {{ {', '.join(sorted(v4))} }}" if v4 else ""
 
 
-def _line(*parts: str, comment: str) -> str:
-    label = re.sub(r"[^A-Za-z0-9_. -]", "_", comment)[:120]
-    return "    " + " ".join(p for p in parts if p) + f' accept comment "{label}"'
+def label(comment: str) -> str:
+    """``comment "…"`` with anything but [A-Za-z0-9_. -] neutralised."""
+    return 'comment "' + re.sub(r"[^A-Za-z0-9_. -]", "_", comment)[:120] + '"'
 
 
-def render_nft(groups: Iterable[SecurityGroup], *, gateway_ip: str,
-               members: Mapping[str, set[str]] | None = None) -> str:
-    """The nftables ruleset enforcing ``groups`` inside an instance's network namespace."""
-    members = members or {}
-    gw = str(ipaddress.ip_address(gateway_ip))
-    groups = list(groups)
-    lines = [
-        f"table inet {TABLE} {{",
-        "  chain input {",
-        "    type filter hook input priority filter; policy drop;",
-        '    iif "lo" accept',
-        "    ct state established,related accept",
-        "    ct state invalid drop",
-        f"    ip saddr {gw} udp sport 67 udp dport 68 accept comment \"dhcp replies\"",
-        "    # the host (the internet, and the EIP forwarder) comes from the gateway",
-    ]
-    for g in groups:
-        for rule in g.ingress:
-            if rule.internet_facing:
-                lines.append(_line(f"ip saddr {gw}", _match(rule), comment=f"{g.group_id} internet"))
-    lines.append(f"    ip saddr {gw} drop")
-    for g in groups:
-        for rule in g.ingress:
-            sources = list(rule.cidrs)
-            for ref in rule.source_groups:
-                ips = sorted(members.get(ref, set()))
-                if not ips:
-                    log.debug("security group %s: referenced group %s has no members", g.group_id, ref)
-                sources.extend(ips)
-            for saddr in _saddr(sources):
-                lines.append(_line(saddr, _match(rule), comment=g.group_id))
-    lines += [
-        "  }",
-        "  chain output {",
-        "    type filter hook output priority filter; policy accept;",
-        "  }",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _nft(netns_name: str, script: str) -> None:
-    if not _NETNS_NAME.match(netns_name):
-        raise SecurityGroupError(f"bad network namespace name {netns_name!r}")
-    try:
-        proc = subprocess.run(["ip", "netns", "exec", netns_name, "nft", "-f", "-"], input=script,
-                              capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SecurityGroupError(f"nft in netns {netns_name} failed: {e}") from e
-    if proc.returncode != 0:
-        raise SecurityGroupError(f"nft in netns {netns_name} failed (exit {proc.returncode}): "
-                                 f"{proc.stderr.strip()}")
-
-
-def apply_nft(netns_name: str, ruleset: str) -> None:
-    """Replace the ``inet phoenixci_sg`` table in ``netns_name`` with ``ruleset``, atomically.
-
-    One nft transaction: create the table if missing, delete it, define it anew — so there is
-    no moment without rules, and a bad ruleset leaves the old one in force.
-    """
-    _nft(netns_name, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n{ruleset}")
-    log.info("security groups applied in netns %s", netns_name)
-
-
-def remove_nft(netns_name: str) -> None:
-    """Remove the security-group table from ``netns_name`` (no error if it is absent)."""
-    _nft(netns_name, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
-
-
-__all__ = ["PUBLIC_RANGE_CAP", "TABLE", "Protocol", "Rule", "SecurityGroup", "SecurityGroupError",
-           "allowed_public_ports", "allows", "apply_nft", "from_api", "from_moto",
-           "remove_nft", "render_nft"]
+__all__ = ["ALL_OUTBOUND", "PUBLIC_RANGE_CAP", "Protocol", "Rule", "SecurityGroup", "SecurityGroupError",
+           "addr_match", "allowed_public_ports", "allows", "from_api", "from_moto", "label", "port_match"]

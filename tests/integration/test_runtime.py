@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from imds_stub import ImdsStub, StubInstance
 
-from phoenixci.localcloud import cgroups, netlink
+from phoenixci.localcloud import cgroups, hostsg, netlink
 from phoenixci.localcloud.image import Image, build_image
 from phoenixci.localcloud.runtime import Bridge, InstanceSpec, Runtime
 from phoenixci.util import free_port, wait_until
@@ -78,7 +78,15 @@ def new_instance(runtime: Runtime, bridge: Bridge, imds: ImdsStub, key: Path, ho
                         imds.server.server_address[1], bridge.name)
     imds.instances[ip] = StubInstance(iid, ip, spec.hostname, mac, key.with_suffix(".pub").read_text().strip(),
                                       USER_DATA)
+    # the host side of its link, as the cloud's NetworkSync makes it (all traffic allowed here)
+    ports = GUARDED.setdefault(runtime.tag, {})
+    ports[iid] = hostsg.Port(iid, runtime.veth(iid), mac, ip, (hostsg.OPEN,))
+    subnet = hostsg.Subnet(bridge.name, bridge.gateway_ip, spec.imds_port)
+    hostsg.apply(runtime.tag, hostsg.render(runtime.tag, [subnet], ports.values()))
     return spec
+
+
+GUARDED: dict[str, dict[str, hostsg.Port]] = {}  # runtime tag → instance id → port
 
 
 def ssh(runtime: Runtime, spec: InstanceSpec, key: Path, command: str) -> subprocess.CompletedProcess[str]:

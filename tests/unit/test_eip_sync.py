@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from phoenixci.localcloud import secgroups
+from phoenixci.localcloud import hostsg
 from phoenixci.localcloud.eip import THREAD_PREFIX, EipForwarding, ForwardingError, Target
 from phoenixci.localcloud.netsync import NetworkSync, eip_targets
 from phoenixci.localcloud.patches import eip_events
@@ -85,8 +85,17 @@ def who(ip: str, port: int) -> str:
         return ""
 
 
+class Links:
+    """Stands in for hostsg.CloudLinks: the host-side rules name the addresses of each snapshot."""
+
+    tag = "phxt01"
+
+    def render(self, snap: Snapshot, present: Any = ()) -> str:
+        return " ".join(sorted(v.private_ip for v in snap.instances.values()))
+
+
 @pytest.fixture
-def world() -> Iterator[SimpleNamespace]:
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     """Instances A and B (real servers on 127.x), an Elastic IP address, a NetworkSync over them."""
     net = f"127.{random.randint(60, 90)}.{random.randint(1, 254)}"
     ip_a, ip_b, eip = f"{net}.2", f"{net}.3", f"{net}.1"
@@ -96,9 +105,9 @@ def world() -> Iterator[SimpleNamespace]:
     backend = object()
     running = {"i-a", "i-b"}
     applied: list[str] = []
+    monkeypatch.setattr(hostsg, "apply", lambda tag, ruleset: applied.append(ruleset))  # no real nft here
     sync = NetworkSync(read=moto.read, ec2=lambda: backend, running=lambda: set(running),
-                       netns_name=lambda iid: f"ns-{iid}", gateway_of=lambda cidr: "10.0.0.1",
-                       forwarding=EipForwarding(grace=0))
+                       links=Links(), forwarding=EipForwarding(grace=0))  # type: ignore[arg-type]
     before = {t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)}
     yield SimpleNamespace(moto=moto, sync=sync, backend=backend, eip=eip, port=port, running=running,
                           ip_a=ip_a, ip_b=ip_b, applied=applied)
@@ -147,16 +156,21 @@ def test_nothing_listens_after_close(world: SimpleNamespace) -> None:
     assert world.sync.forwarding.forwarders() == {} and who(world.eip, world.port) == ""
 
 
-def test_a_pass_that_read_moto_before_the_move_cannot_undo_it(world: SimpleNamespace,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(secgroups, "apply_nft", lambda netns, ruleset: world.applied.append(netns))
+def test_a_pass_that_read_moto_before_the_move_cannot_undo_it(world: SimpleNamespace) -> None:
     world.moto.addresses[world.eip] = "i-a"
     stale = world.moto.read()                        # a reconcile pass reads moto …
     world.moto.addresses[world.eip] = "i-b"          # … the API moves the address meanwhile …
     world.sync.on_address_change(world.backend)
     world.sync.apply(stale)                          # … and the pass applies its network step
     assert who(world.eip, world.port) == "B"
-    assert sorted(world.applied) == ["ns-i-a", "ns-i-b"], "security groups come from the pass's snapshot"
+    assert world.applied == [f"{world.ip_a} {world.ip_b}"]
+    world.moto.views["i-c"] = view("i-c", "127.0.0.9")  # RunInstances after the pass read moto
+    world.sync.apply(stale)
+    assert world.applied[-1] == " ".join(sorted([world.ip_a, world.ip_b, "127.0.0.9"])), "rules follow moto now"
+    world.sync.apply(stale)
+    assert len(world.applied) == 2, "unchanged rules are not applied again"
+    world.sync.prepare("i-c")
+    assert len(world.applied) == 3, "before a container starts its rules are applied whatever the cache says"
 
 
 def test_release_retargets_before_an_instance_goes(world: SimpleNamespace) -> None:
@@ -196,8 +210,8 @@ def test_release_refuses_new_connections_when_the_retarget_fails() -> None:
     moto.addresses["127.9.0.1"] = "i-b"
     moto.views["i-a"] = view("i-a", "10.0.0.5", "terminated")
     stuck = StuckForwarder("10.0.0.5", 8080)
-    sync = NetworkSync(read=moto.read, ec2=object, running=lambda: {"i-a", "i-b"}, netns_name=str,
-                       gateway_of=str, forwarding=StuckForwarding(stuck))  # type: ignore[arg-type]
+    sync = NetworkSync(read=moto.read, ec2=object, running=lambda: {"i-a", "i-b"},
+                       forwarding=StuckForwarding(stuck))  # type: ignore[arg-type]
     sync.release({"i-a": "10.0.0.5"})
     assert stuck.target is None
 

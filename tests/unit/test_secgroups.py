@@ -1,4 +1,5 @@
-"""Security-group semantics: matching, group references, public ports, nftables rendering."""
+"""Security-group semantics: matching, group references, public ports, egress, nft pieces
+(the host-side rules built from them: test_hostsg.py)."""
 from __future__ import annotations
 
 import logging
@@ -7,15 +8,17 @@ from types import SimpleNamespace
 import pytest
 
 from phoenixci.localcloud.secgroups import (
+    ALL_OUTBOUND,
     Rule,
     SecurityGroup,
     SecurityGroupError,
+    addr_match,
     allowed_public_ports,
     allows,
-    apply_nft,
     from_api,
     from_moto,
-    render_nft,
+    label,
+    port_match,
 )
 
 pytestmark = pytest.mark.unit
@@ -92,12 +95,41 @@ def test_from_moto_model_shape() -> None:
     def rule(proto: str, lo: int | None, hi: int | None, ip_range: dict, source: dict) -> SimpleNamespace:
         return SimpleNamespace(ip_protocol=proto, from_port=lo, to_port=hi, ip_range=ip_range,
                                source_group=source)
-    group = SimpleNamespace(id="sg-9", ingress_rules=[
+    group = SimpleNamespace(id="sg-9", vpc_id="vpc-1", ingress_rules=[
         rule("tcp", 443, 443, {"CidrIp": "0.0.0.0/0"}, {}),
         rule("-1", None, None, {}, {"GroupId": "sg-9", "UserId": "123"}),
-    ])
+    ], egress_rules=[rule("tcp", 5432, 5432, {}, {"GroupId": "sg-db"})])
     assert from_moto(group) == SecurityGroup("sg-9", [
-        Rule("tcp", 443, 443, ["0.0.0.0/0"], []), Rule("-1", -1, -1, [], ["sg-9"])])
+        Rule("tcp", 443, 443, ["0.0.0.0/0"], []), Rule("-1", -1, -1, [], ["sg-9"])],
+        [Rule("tcp", 5432, 5432, [], ["sg-db"])])
+
+
+def test_egress_as_aws_describes_it() -> None:
+    group = from_api({"GroupId": "sg-1", "IpPermissions": [], "IpPermissionsEgress": [
+        {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+        {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "UserIdGroupPairs": [{"GroupId": "sg-2"}]}]})
+    assert group.ingress == [] and group.egress == [ALL_OUTBOUND, Rule("tcp", 443, 443, [], ["sg-2"])]
+    # every group has AWS's allow-all egress until revoked; moto gives it only to groups of a VPC
+    no_vpc = SimpleNamespace(id="sg-c", vpc_id=None, ingress_rules=[], egress_rules=[])
+    assert from_moto(no_vpc).egress == [ALL_OUTBOUND]
+    revoked = SimpleNamespace(id="sg-v", vpc_id="vpc-1", ingress_rules=[], egress_rules=[])
+    assert from_moto(revoked).egress == []
+
+
+def test_nft_pieces() -> None:
+    assert port_match(Rule("tcp", 80, 80, ["0.0.0.0/0"])) == "tcp dport 80"
+    assert port_match(Rule("udp", 1000, 2000, ["0.0.0.0/0"])) == "udp dport 1000-2000"
+    assert port_match(Rule("udp", 0, 65535, ["0.0.0.0/0"])) == "meta l4proto udp"
+    assert port_match(Rule("icmp", -1, -1, ["0.0.0.0/0"])) == "meta l4proto icmp"
+    assert port_match(Rule("icmp", 8, -1, ["0.0.0.0/0"])) == "icmp type 8"
+    assert port_match(Rule("-1", cidrs=["0.0.0.0/0"])) == ""
+    assert addr_match(["10.0.0.0/24", "10.0.1.7/32", "fd00::/64"], "saddr") == "ip saddr { 10.0.0.0/24, 10.0.1.7 }"
+    assert addr_match(["::/0"], "daddr") == ""  # instances speak IPv4 only
+    with pytest.raises(SecurityGroupError):
+        addr_match(["10.0.0.2 } accept"], "saddr")
+    with pytest.raises(SecurityGroupError):
+        addr_match(["10.0.0.2"], "saddr; flush ruleset")
+    assert label('sg-"evil"; flush ruleset') == 'comment "sg-_evil__ flush ruleset"'
 
 
 def test_allowed_public_ports(caplog: pytest.LogCaptureFixture) -> None:
@@ -109,59 +141,3 @@ def test_allowed_public_ports(caplog: pytest.LogCaptureFixture) -> None:
     assert "wider than 64" in caplog.text
     everything = SecurityGroup("sg-all", [Rule("-1", cidrs=["127.0.0.0/8"])])
     assert allowed_public_ports([everything], cap=8) == set(range(1, 9))  # never port 0
-
-
-def test_render_nft_structure() -> None:
-    text = render_nft([WEB], gateway_ip="10.0.0.1", members=MEMBERS)
-    assert text.startswith("table inet phoenixci_sg {")
-    assert "type filter hook input priority filter; policy drop;" in text
-    assert "type filter hook output priority filter; policy accept;" in text
-    assert 'iif "lo" accept' in text
-    assert "ct state established,related accept" in text
-    assert "ip saddr 10.0.0.1 udp sport 67 udp dport 68 accept" in text
-    lines = [ln.strip() for ln in text.splitlines()]
-    gw_drop = lines.index("ip saddr 10.0.0.1 drop")
-    # the gateway (the host, the EIP forwarder) gets exactly the internet-facing ports
-    gw_accepts = [ln for ln in lines[:gw_drop] if ln.startswith("ip saddr 10.0.0.1 tcp")]
-    assert [ln.split(" accept")[0] for ln in gw_accepts] == [
-        "ip saddr 10.0.0.1 tcp dport 80", "ip saddr 10.0.0.1 tcp dport 22"]
-    after = "\n".join(lines[gw_drop:])
-    assert "ip saddr { 0.0.0.0/0 } tcp dport 80 accept" in after
-    assert "ip saddr { 127.0.0.1 } tcp dport 22 accept" in after
-    assert "ip saddr { 10.0.0.0/16 } tcp dport 8000-8010 accept" in after
-    assert "ip saddr { 10.0.1.7, 10.0.1.8 } tcp dport 5432 accept" in after
-    assert "icmp" not in text  # no rule allows ICMP
-
-
-def test_render_nft_protocols_and_families() -> None:
-    group = SecurityGroup("sg-x", [
-        Rule("icmp", -1, -1, ["10.0.0.0/24"]),
-        Rule("icmp", 8, -1, ["10.0.1.0/24"]),
-        Rule("udp", 0, 65535, ["10.0.2.0/24"]),
-        Rule("-1", cidrs=["10.0.3.0/24", "fd00::/64"]),
-        Rule("tcp", 9000, 9000, [], ["sg-empty"]),
-    ])
-    text = render_nft([group], gateway_ip="10.0.0.1", members={})
-    assert "ip saddr { 10.0.0.0/24 } meta l4proto icmp accept" in text
-    assert "ip saddr { 10.0.1.0/24 } icmp type 8 accept" in text
-    assert "ip saddr { 10.0.2.0/24 } meta l4proto udp accept" in text
-    assert "ip saddr { 10.0.3.0/24 } accept" in text
-    assert "ip6 saddr { fd00::/64 } accept" in text
-    assert "9000" not in text  # a reference to a group without members opens nothing
-
-
-def test_render_nft_rejects_bad_input() -> None:
-    with pytest.raises(ValueError):
-        render_nft([WEB], gateway_ip="10.0.0.1; flush ruleset")
-    with pytest.raises(SecurityGroupError):
-        render_nft([SecurityGroup("sg-1", [Rule("tcp", 1, 1, [], ["sg-2"])])], gateway_ip="10.0.0.1",
-                   members={"sg-2": {"10.0.0.2 } accept"}})
-    text = render_nft([SecurityGroup('sg-"evil"; flush ruleset', [Rule("tcp", 1, 1, ["0.0.0.0/0"])])],
-                      gateway_ip="10.0.0.1")
-    assert 'comment "sg-_evil__ flush ruleset"' in text  # quotes and semicolons neutralised
-    assert all(line.count('"') in (0, 2) for line in text.splitlines())
-
-
-def test_apply_nft_rejects_bad_netns_name() -> None:
-    with pytest.raises(SecurityGroupError, match="namespace name"):
-        apply_nft("../../etc", "")

@@ -30,6 +30,7 @@ _MODULES = (
     "phoenixci.localcloud.patches.trust",
     "phoenixci.localcloud.patches.cfn_instance",  # before passrole, which wraps it
     "phoenixci.localcloud.patches.cfn_bucket",
+    "phoenixci.localcloud.patches.cfn_sg_egress",
     "phoenixci.localcloud.patches.passrole",
     "phoenixci.localcloud.patches.cfn_rollback",
     "phoenixci.localcloud.patches.cfn_delete",
