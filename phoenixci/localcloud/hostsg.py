@@ -25,7 +25,7 @@ an address names its instance:
   * established and related packets pass both ways; invalid ones between instances are dropped;
   * prerouting nat: 169.254.169.254:80 arriving from a bridge → that gateway's IMDS port.
 
-Network ACLs (stateless, at the subnet boundary) fit in as per-bridge chains jumped to from
+Network ACLs (stateless, at the subnet boundary; ``nacls``) are per-bridge chains jumped to from
 ``to_host``, ``from_host`` and ``between`` (when iifname != oifname) before the conntrack rules.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from phoenixci.localcloud import netlink
+from phoenixci.localcloud import nacls, netlink
 from phoenixci.localcloud.reconcile import GONE_STATES, RUNNING_STATES, Snapshot
 from phoenixci.localcloud.secgroups import (
     Rule,
@@ -168,10 +168,12 @@ def _internet(port: Port, services: Iterable[int], *, egress: bool) -> list[str]
     return out + ["    drop"]
 
 
-def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port],
-                  members: Mapping[str, set[str]], services: Iterable[int] = ()) -> str:
-    """The ``ip`` table: security groups of ``ports`` and the IMDS redirect of ``subnets``."""
-    ports, services = list(ports), list(services)
+def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port], members: Mapping[str, set[str]],
+                  services: Iterable[int] = (), acls: Mapping[str, nacls.SubnetNacl] | None = None) -> str:
+    """The ``ip`` table: security groups of ``ports``, the IMDS redirect of ``subnets``, the network
+    ACLs (``acls``: bridge → its subnet's ACL; stateless, before the conntrack rules)."""
+    ports, services, acls = list(ports), list(services), dict(acls or {})
+    heads = nacls.jumps(acls)
     ips = {_ip(p.ip): p for p in ports}
     bridges = f'"{tag}b*"'
     known = f"    ip saddr != {{ {', '.join(sorted(ips))} }} drop" if ips else "    drop"
@@ -190,17 +192,19 @@ def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port],
               f"    iifname {bridges} jump to_host", "  }",
               "  chain output {", "    type filter hook output priority filter; policy accept;",
               f"    oifname {bridges} jump from_host", "  }",
-              "  chain between {", "    ct state established,related accept", "    ct state invalid drop",
+              "  chain between {", *heads["between"], "    ct state established,related accept",
+              "    ct state invalid drop",
               known,
               *_vmap("ip saddr", {ip: _chain(p, "out") for ip, p in ips.items()}),
               *_vmap("ip daddr", {ip: _chain(p, "in") for ip, p in ips.items()}),
               "    drop", "  }",
-              "  chain to_host {", "    ct state established,related accept", "    ct state invalid drop",
+              "  chain to_host {", *heads["to_host"], "    ct state established,related accept",
+              "    ct state invalid drop",
               f"    ct status dnat ct original ip daddr {IMDS_ADDRESS} accept {label('the IMDS')}",
               f"    udp sport 68 udp dport 67 accept {label('DHCP')}",
               *_vmap("ip saddr", {ip: _chain(p, "to_host") for ip, p in ips.items()}),
               "    drop", "  }",
-              "  chain from_host {", "    ct state established,related accept",
+              "  chain from_host {", *heads["from_host"], "    ct state established,related accept",
               f"    udp sport 67 udp dport 68 accept {label('DHCP')}",
               *_vmap("ip daddr", {ip: _chain(p, "from_host") for ip, p in ips.items()}),
               "    drop", "  }"]
@@ -210,6 +214,8 @@ def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port],
                              ("to_host", _internet(p, services, egress=True)),
                              ("from_host", _internet(p, services, egress=False))):
             lines += [f"  chain {_chain(p, suffix)} {{", *body, "  }"]
+    for bridge, acl in sorted(acls.items()):
+        lines += nacls.render_chains(bridge, acl, services)
     return "\n".join(lines + ["}"]) + "\n"
 
 
@@ -233,11 +239,11 @@ def ports_of(snap: Snapshot, veth: Any, subnets: Mapping[str, Subnet],
     return list(ports.values()), members
 
 
-def render(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port],
-           members: Mapping[str, set[str]] | None = None, services: Iterable[int] = ()) -> str:
-    """Both tables: the ports (bridge), then the groups and the IMDS redirect (ip)."""
+def render(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port], members: Mapping[str, set[str]] | None = None,
+           services: Iterable[int] = (), acls: Mapping[str, nacls.SubnetNacl] | None = None) -> str:
+    """Both tables: the ports (bridge), then the groups, the IMDS redirect and the ACLs (ip)."""
     ports = list(ports)
-    return render_ports(tag, ports) + render_groups(tag, subnets, ports, members or {}, services)
+    return render_ports(tag, ports) + render_groups(tag, subnets, ports, members or {}, services, acls)
 
 
 #: everything in and out: for instances without a cloud (the runtime's own tests, bench/boot.py)
@@ -279,7 +285,8 @@ class CloudLinks:
         if not subnets:
             return ""
         ports, members = ports_of(snap, self.veth, subnets, present)
-        return render(self.tag, subnets.values(), ports, members, self.services)
+        acls = {subnets[cidr].bridge: acl for cidr, acl in nacls.nacl_rules(snap).items() if cidr in subnets}
+        return render(self.tag, subnets.values(), ports, members, self.services, acls)
 
 
 __all__ = ["FAMILIES", "OPEN", "CloudLinks", "Port", "Subnet", "apply", "ports_of", "remove", "render",

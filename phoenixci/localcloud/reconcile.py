@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from phoenixci.localcloud.nacls import read_nacls
+
 log = logging.getLogger(__name__)
 
 RUNNING_STATES = {"pending", "running"}
@@ -52,6 +54,8 @@ class Snapshot:
     addresses: dict[str, str]
     #: group id → moto SecurityGroup object
     groups: dict[str, Any]
+    #: subnet CIDR → (network ACL id, its entries) for the subnets of instances (nacls.read_nacls)
+    nacls: dict[str, Any] = field(default_factory=dict)
 
 
 def snapshot(ec2: Any) -> Snapshot:
@@ -75,7 +79,8 @@ def snapshot(ec2: Any) -> Snapshot:
                  if a.instance is not None and a.instance.id in instances}
     groups = {gid: ec2.get_security_group_from_id(gid)
               for view in instances.values() for gid in view.group_ids}
-    return Snapshot(instances, addresses, {k: v for k, v in groups.items() if v is not None})
+    acls = read_nacls(ec2, {v.subnet_id: v.subnet_cidr for v in instances.values() if v.subnet_cidr})
+    return Snapshot(instances, addresses, {k: v for k, v in groups.items() if v is not None}, acls)
 
 
 def _mac_for(ip: str) -> str:

@@ -48,7 +48,7 @@ Outputs:
     Value: !Ref Bucket
 """
 
-# A role with an inline policy, as AWS::IAM::Role Policies (the templates use AWS::IAM::Policy).
+# A role with an inline policy, as AWS::IAM::Role Policies (patches/cfn_role_policies.py stores it as JSON).
 ROLE_WITH_INLINE_POLICY = json.dumps({"Resources": {"Role": {"Type": "AWS::IAM::Role", "Properties": {
     "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
@@ -419,8 +419,8 @@ def test_upstream_moto_still_needs_cfn_bucket(upstream_cfn: dict[str, Any], fact
 def test_upstream_moto_still_stores_role_inline_policies_as_repr(upstream_cfn: dict[str, Any]) -> None:
     assert upstream_cfn["role_inline_policy_not_json"], \
         "upstream moto fixed AWS::IAM::Role inline Policies (Role.create_from_cloudformation_json " \
-        "stored the document as a Python dict repr, which moto's IAM auth cannot parse): the " \
-        "templates may use Role Policies instead of separate AWS::IAM::Policy resources"
+        "stored the document as a Python dict repr, which moto's IAM auth cannot parse): remove " \
+        "patches/cfn_role_policies.py"
 
 
 @pytest.mark.parametrize("fact", ["terminate_keeps_association", "move_refused_by_default",

@@ -34,6 +34,11 @@ _MODULES = (
     "phoenixci.localcloud.patches.passrole",
     "phoenixci.localcloud.patches.cfn_rollback",
     "phoenixci.localcloud.patches.cfn_delete",
+    "phoenixci.localcloud.patches.ec2_nacl",
+    "phoenixci.localcloud.patches.cfn_nacl",  # after ec2_nacl, whose semantics it uses
+    "phoenixci.localcloud.patches.cfn_role_policies",
+    "phoenixci.localcloud.patches.cfn_yaml_dates",
+    "phoenixci.localcloud.patches.cfn_vpc_attributes",
     "phoenixci.localcloud.patches.cfn_bucket_policy",
     "phoenixci.localcloud.patches.request_conditions",  # identity-policy conditions, tag-on-create
     "phoenixci.localcloud.patches.cfn_caller",  # after cfn_rollback and cfn_delete, which it relies on
