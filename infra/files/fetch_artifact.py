@@ -5,7 +5,8 @@ Runs on a fresh app server at boot, before any AWS tooling exists: python3 is al
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN when set,
 else from the instance role through IMDSv2 (token, then iam/security-credentials/<role>).
 With --endpoint (or AWS_ENDPOINT_URL) the object is read path-style from ENDPOINT/BUCKET/KEY,
-otherwise virtual-hosted from https://BUCKET.s3.REGION.amazonaws.com/KEY.
+otherwise virtual-hosted from https://BUCKET.s3.REGION.amazonaws.com/KEY. HTTPS is verified as
+boto3 does it: against AWS_CA_BUNDLE when set, else against the system's CA store.
 
 The object is streamed to a temporary file beside --dest while hashing. It is renamed to --dest
 only when its sha256 equals --sha256 and equals the first word of KEY.sha256 (sha256sum format)
@@ -23,6 +24,7 @@ import hmac
 import json
 import os
 import re
+import ssl
 import sys
 import tempfile
 import time
@@ -147,10 +149,15 @@ def sign_get(url: str, region: str, creds: dict[str, str],
     return headers
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Certificates verified against AWS_CA_BUNDLE when set (as boto3), else the system store."""
+    return ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+
+
 def _open(url: str, region: str, creds: dict[str, str], timeout: float):  # noqa: ANN202
     req = urllib.request.Request(url, headers=sign_get(url, region, creds))
     try:
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) only
+        return urllib.request.urlopen(req, timeout=timeout, context=_tls_context())  # noqa: S310
     except urllib.error.HTTPError as e:
         body = e.read(2000).decode(errors="replace")
         code = re.search(r"<Code>([^<]+)</Code>", body)

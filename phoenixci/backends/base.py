@@ -58,6 +58,11 @@ class Backend(abc.ABC):
         """The API endpoint, or None for AWS's own endpoints."""
         return None
 
+    @property
+    def ca_bundle(self) -> str | None:
+        """The CA certificate(s) the endpoint's TLS is verified with, or None for the default store."""
+        return None
+
     @abc.abstractmethod
     def make_session(self) -> boto3.Session:
         """A boto3 session with the backend's administrative credentials."""
@@ -72,7 +77,7 @@ class Backend(abc.ABC):
         """A boto3 client for ``service`` on this backend (optionally with other credentials)."""
         session = session or self.session
         return session.client(service, region_name=self.region, endpoint_url=self.endpoint_url,
-                              config=_CLIENT_CONFIG)
+                              config=_CLIENT_CONFIG, verify=self.ca_bundle)
 
     def session_for(self, credentials: dict[str, str]) -> boto3.Session:
         """A session with explicit (e.g. role) credentials on this backend."""
@@ -117,6 +122,8 @@ class Backend(abc.ABC):
         env = {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.ca_bundle:
+            env["AWS_CA_BUNDLE"] = self.ca_bundle
         if creds is not None:
             frozen = creds.get_frozen_credentials()
             env["AWS_ACCESS_KEY_ID"] = str(frozen.access_key)

@@ -59,6 +59,18 @@ class MotoBackend(Backend):
             raise ConfigError("the moto:// backend is not started: use it as a context manager")
         return str(self._api.endpoint_url)
 
+    @property
+    def ca_bundle(self) -> str | None:
+        """The local cloud's CA (the API speaks HTTPS with a certificate it issued)."""
+        if self._attached is not None:
+            return self._attached.get("AWS_CA_BUNDLE") or None
+        return str(self._api.ca_bundle) if self._api is not None else None
+
+    @property
+    def http_endpoint_url(self) -> str | None:
+        """The in-process API's plain-HTTP listener on 127.0.0.1 (aws:SecureTransport false there)."""
+        return str(self._api.http_endpoint_url) if self._api is not None else None
+
     def start(self) -> None:
         if self._attach:
             self._attached = _read_env(Path(self._attach))

@@ -79,19 +79,22 @@ def runs_local_instances(backend: Backend) -> bool:
 
 def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, Any]:
     """Everything site.yml needs that differs per run. On moto:// the only differences are the
-    package source (the cloud's wheelhouse) and the API endpoint the instances use."""
+    package source (the cloud's wheelhouse), the API endpoint the instances use and the CA bundle
+    that verifies it there (the system store, where cloud-init put the cloud's CA)."""
     cfn = backend.client("cloudformation")
     infra = stacks.describe(cfn, state.infra_stack, resources=False)
     if infra is None:
         raise PhoenixError(f"infrastructure stack {state.infra_stack} does not exist on {backend.url}: "
                            "`phoenixci up` creates it")
-    pip_source_args, endpoint = "", ""
+    pip_source_args, endpoint, ca_bundle = "", "", ""
     if runs_local_instances(backend):
+        from phoenixci.localcloud.instance_layer import INSTANCE_CA_BUNDLE
+
         subnet = infra.parameters["SubnetCidr"]
         gateway = _local_cloud_subnet(backend, subnet)
         host = str(ipaddress.ip_address(gateway["gateway"]))
         pip_source_args = f"--no-index --find-links {gateway['mirror_url']} --trusted-host {host}"
-        endpoint = gateway["api_url"]
+        endpoint, ca_bundle = gateway["api_url"], INSTANCE_CA_BUNDLE
     state.instance_endpoint = endpoint
     push_key = state.ssh_key.with_suffix(".pub").read_text().strip()
     server = state.hosts["ci-server"]
@@ -102,6 +105,7 @@ def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, A
         "pip_source_args": pip_source_args,
         "aws_region": backend.region,
         "aws_endpoint_url": endpoint,
+        "aws_ca_bundle": ca_bundle,
         "infra_stack": state.infra_stack,
         "git_push_keys": [push_key],
         "ci_server_private_ip": server.private_ip,

@@ -1,18 +1,28 @@
-"""The AWS API of the local cloud: moto in server mode, in this process, IAM enforced.
+"""The AWS API of the local cloud: moto in server mode, in this process, IAM enforced, over HTTPS.
 
-Start-up order: apply the in-process moto fixes, start the server on 127.0.0.1 (a free port),
-create the administrator (an IAM user with an inline ``*`` policy and an access key) while
-moto still accepts unauthenticated calls, then switch enforcement on with
-``POST /moto-api/reset-auth`` (body ``0``). From then on every request needs valid
-credentials and is checked against IAM policies.
+Start-up order: apply the in-process moto fixes, make (or load) the cloud's CA and a server
+certificate (tls.py), serve HTTPS on 127.0.0.1 (a free port), create the administrator (an IAM
+user with an inline ``*`` policy and an access key) while moto still accepts unauthenticated
+calls, then switch enforcement on with ``POST /moto-api/reset-auth`` (body ``0``). From then on
+every request needs valid credentials and is checked against IAM policies.
+
+``listen_on(gateway)`` serves the same API on a subnet gateway (same port, the certificate
+reissued to cover it). One plain-HTTP listener on 127.0.0.1 (``http_endpoint_url``) stands for
+the ``http://`` endpoints AWS still answers (S3): requests there have ``aws:SecureTransport``
+false, so TLS-only policies can be tried locally.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import ssl
+import tempfile
 import threading
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -40,31 +50,53 @@ class AdminCredentials:
 
 
 class ApiServer:
-    """moto's ThreadedMotoServer on loopback with IAM enforcement switched on.
+    """moto's WSGI app over HTTPS on loopback with IAM enforcement switched on.
 
-    moto keeps its state per process, so one process runs at most one ApiServer.
+    moto keeps its state per process, so one process runs at most one ApiServer. ``tls_dir``
+    keeps the CA and the server certificate (a temporary directory, removed on stop, if None).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1",
+                 tls_dir: Path | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.region = region
+        self.tls_dir = tls_dir
         self.port: int | None = None
         self.admin: AdminCredentials | None = None
-        self._server: object | None = None
-        self._extra: dict[str, tuple[object, threading.Thread]] = {}
+        self.tls: Any = None  # TlsIdentity while running
+        self._app: Any = None
+        self._tmp_tls: Path | None = None
+        self._listeners: dict[str, Any] = {}  # address → Listener (TLS)
+        self._plain: Any = None               # the http:// Listener on 127.0.0.1
 
     @property
     def endpoint_url(self) -> str:
         if self.port is None:
             raise ApiServerError("the embedded AWS API is not running")
-        return f"http://{self.host}:{self.port}"
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def http_endpoint_url(self) -> str:
+        """The plain-HTTP endpoint on 127.0.0.1 (``aws:SecureTransport`` false there)."""
+        if self._plain is None:
+            raise ApiServerError("the embedded AWS API is not running")
+        return str(self._plain.url)
+
+    @property
+    def ca_bundle(self) -> str:
+        """The CA certificate clients verify the API with (``AWS_CA_BUNDLE``)."""
+        if self.tls is None:
+            raise ApiServerError("the embedded AWS API is not running")
+        return str(self.tls.ca_path)
 
     def start(self) -> None:
         global _running
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
         from phoenixci.localcloud import patches
+        from phoenixci.localcloud.api_listen import Listener
+        from phoenixci.localcloud.tls import TlsIdentity
 
         with _lock:
             if _running is not None:
@@ -72,13 +104,18 @@ class ApiServer:
                                      f"at {_running.endpoint_url}; reuse it or stop it first")
             patches.apply()
             self._reset_moto()
-            server = ThreadedMotoServer(ip_address=self.host, port=self.requested_port, verbose=False)
+            if self.tls_dir is None:
+                self._tmp_tls = Path(tempfile.mkdtemp(prefix="phoenixci-api-tls-"))
+            self.tls = TlsIdentity(self.tls_dir or self._tmp_tls, addresses=[self.host])  # type: ignore[arg-type]
+            self._app = DomainDispatcherApplication(create_backend_app)
             try:
-                server.start()
+                main = Listener(self.host, self.requested_port, self._app, self.tls)
+                self._listeners[self.host] = main
+                self._plain = Listener("127.0.0.1", 0, self._app, None)
             except OSError as e:
+                self._close_listeners()
                 raise ApiServerError(f"cannot listen on {self.host}:{self.requested_port}: {e}") from e
-            self._server = server
-            self.port = int(server.get_host_and_port()[1])
+            self.port = main.port
             _running = self
         try:
             self.admin = self._bootstrap_admin()
@@ -86,7 +123,7 @@ class ApiServer:
         except Exception:
             self.stop()
             raise
-        log.info("embedded AWS API on %s (IAM enforced)", self.endpoint_url)
+        log.info("embedded AWS API on %s (IAM enforced; CA %s)", self.endpoint_url, self.ca_bundle)
 
     def listen_on(self, address: str) -> str:
         """Serve the same API on ``address`` (a subnet gateway), same port; return its URL.
@@ -94,51 +131,45 @@ class ApiServer:
         The local cloud calls this for each bridge it creates, so instances reach the API at
         their gateway; it never listens on any other interface.
         """
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
+        from phoenixci.localcloud.api_listen import Listener
 
         if self.port is None:
             raise ApiServerError("the embedded AWS API is not running")
-        if address not in self._extra:
-            app = DomainDispatcherApplication(create_backend_app)
+        if address not in self._listeners:
+            self.tls.cover(address)
             try:
-                server = make_server(address, self.port, app, threaded=True, request_handler=MotoRequestHandler)
+                self._listeners[address] = Listener(address, self.port, self._app, self.tls)
             except OSError as e:
                 raise ApiServerError(f"cannot listen on {address}:{self.port}: {e}") from e
-            thread = threading.Thread(target=server.serve_forever, name=f"api-{address}", daemon=True)
-            thread.start()
-            self._extra[address] = (server, thread)
-            log.info("embedded AWS API also on http://%s:%d", address, self.port)
-        return f"http://{address}:{self.port}"
+            log.info("embedded AWS API also on https://%s:%d", address, self.port)
+        return f"https://{address}:{self.port}"
 
     def stop_listening_on(self, address: str) -> None:
-        entry = self._extra.pop(address, None)
-        if entry is not None:
-            server, thread = entry
-            server.shutdown()  # type: ignore[attr-defined]
-            server.server_close()  # type: ignore[attr-defined]
-            thread.join(timeout=5)
+        if address == self.host:
+            return
+        listener = self._listeners.pop(address, None)
+        if listener is not None:
+            listener.stop()
 
     def stop(self) -> None:
         global _running
-        for address in list(self._extra):
-            self.stop_listening_on(address)
         with _lock:
-            server = self._server
-            self._server = None
-            if server is not None:
-                server.stop()  # type: ignore[attr-defined]
-                inner = getattr(server, "_server", None)
-                if inner is not None:
-                    inner.server_close()  # ThreadedMotoServer.stop leaves the socket open
+            self._close_listeners()
             if _running is self:
                 _running = None
             self._reset_moto()
             self.port = None
+            self.tls = None
+            if self._tmp_tls is not None:
+                shutil.rmtree(self._tmp_tls, ignore_errors=True)
+                self._tmp_tls = None
+
+    def _close_listeners(self) -> None:
+        for address in list(self._listeners):
+            self._listeners.pop(address).stop()
+        if self._plain is not None:
+            self._plain.stop()
+            self._plain = None
 
     def __enter__(self) -> ApiServer:
         self.start()
@@ -165,11 +196,12 @@ class ApiServer:
     def _post(self, path: str, body: bytes) -> dict:
         req = urllib.request.Request(self.endpoint_url + path, data=body, method="POST",
                                      headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:  # noqa: S310 - loopback only
             return dict(json.loads(resp.read() or b"{}"))
 
     def _bootstrap_admin(self) -> AdminCredentials:
-        iam = boto3.client("iam", endpoint_url=self.endpoint_url, region_name=self.region,
+        iam = boto3.client("iam", endpoint_url=self.endpoint_url, region_name=self.region, verify=self.ca_bundle,
                            aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
         iam.create_user(UserName=ADMIN_USER, Tags=[{"Key": "phoenixci:role", "Value": "admin"}])
         iam.put_user_policy(UserName=ADMIN_USER, PolicyName="administrator",

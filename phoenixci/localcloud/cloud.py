@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,12 @@ class CloudInfo:
     image_id: str
     access_key_id: str
     secret_access_key: str
+    ca_bundle: str = ""  # the CA the API's certificate is issued by (AWS_CA_BUNDLE)
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key_id,
                 "AWS_SECRET_ACCESS_KEY": self.secret_access_key, "AWS_DEFAULT_REGION": self.region,
-                "AWS_REGION": self.region}
+                "AWS_REGION": self.region, **({"AWS_CA_BUNDLE": self.ca_bundle} if self.ca_bundle else {})}
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -96,7 +98,7 @@ class LocalCloud:
                  api_port: int = 0, image_cache: Path | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.region = check_region(region)
-        self.api = ApiServer(port=api_port, region=region)
+        self.api = ApiServer(port=api_port, region=region, tls_dir=self.state_dir / "tls")
         self.image_cache = image_cache
         self.image: Any = None
         self.wheelhouse: Path | None = None
@@ -159,7 +161,7 @@ class LocalCloud:
         admin = self.api.admin
         assert admin is not None
         return CloudInfo(str(self.state_dir), self.api.endpoint_url, self.region, self.image_id,
-                         admin.access_key_id, admin.secret_access_key)
+                         admin.access_key_id, admin.secret_access_key, self.api.ca_bundle)
 
     def stop(self) -> None:
         """Remove every instance, bridge, namespace, mount, rule and listener; fail if any is left."""
@@ -179,6 +181,7 @@ class LocalCloud:
         if self.runtime is not None:
             left = self.runtime.close()
         self._bridges.clear()
+        shutil.rmtree(self.state_dir / "layers", ignore_errors=True)  # no instance mounts them now
         if self.api.port is not None:
             self.api.stop()  # also ends the region refusal (ApiServer._reset_moto)
         for name in ("env", "status.json"):
@@ -206,11 +209,12 @@ class LocalCloud:
                       "error": records.get(v.instance_id, {}).get("error")}
                      for v in sorted(snap.instances.values(), key=lambda v: v.instance_id)]
         return {"state_dir": str(self.state_dir), "endpoint_url": self.api.endpoint_url,
+                "http_endpoint_url": self.api.http_endpoint_url, "ca_bundle": self.api.ca_bundle,
                 "region": self.region, "image_id": self.image_id,
                 "subnets": self._subnets(), "instances": instances}
 
     def _subnets(self) -> dict[str, dict[str, str]]:
-        return {cidr: {"bridge": b.name, "gateway": b.gateway_ip, "api_url": f"http://{b.gateway_ip}:{self.api.port}",
+        return {cidr: {"bridge": b.name, "gateway": b.gateway_ip, "api_url": f"https://{b.gateway_ip}:{self.api.port}",
                        "mirror_url": f"http://{b.gateway_ip}:{MIRROR_PORT}/"}
                 for cidr, b in list(self._bridges.items())}
 
@@ -237,29 +241,9 @@ class LocalCloud:
         return snapshot(self._ec2())
 
     def _register_image(self) -> str:
-        ami = self._ec2().register_image(name=self.image.name,
-                                         description="phoenixci base image: Debian 12 with cloud-init")
-        ami.architecture = "x86_64"
-        ami.virtualization_type = "hvm"
-        ami.root_device_name = "/dev/xvda"
-        (self.state_dir / "image.json").write_text(json.dumps({"image_id": ami.id, "name": self.image.name}))
-        self._publish_image_parameter(str(ami.id))
-        return str(ami.id)
+        from phoenixci.localcloud.ami import register_image
 
-    def _publish_image_parameter(self, image_id: str) -> None:
-        """The AMI under Debian's public SSM name, as in AWS regions (see images.py); seeded as moto
-        seeds its own /aws/service parameters (PutParameter refuses the reserved /aws names); owned
-        by no account, as AWS's (ARN arn:aws:ssm:REGION::parameter/aws/…)."""
-        from moto.core.utils import utcnow
-        from moto.ssm.models import Parameter, ssm_backends
-
-        from phoenixci.images import DEBIAN_12_PARAMETER
-
-        versions = ssm_backends[ACCOUNT_ID][self.region]._parameters[DEBIAN_12_PARAMETER]
-        versions.append(Parameter(account_id="", name=DEBIAN_12_PARAMETER, value=image_id,  # type: ignore[abstract]
-                                  parameter_type="String", description=None, allowed_pattern=None,
-                                  keyid=None, last_modified_date=utcnow(), version=len(versions) + 1,
-                                  data_type="text"))
+        return register_image(self._ec2(), self.image.name, self.state_dir, ACCOUNT_ID, self.region)
 
     def _bridge(self, cidr: str) -> Any:
         bridge = self._bridges.get(cidr)
@@ -284,6 +268,7 @@ class LocalCloud:
         return server
 
     def _ensure_running(self, view: InstanceView) -> None:
+        from phoenixci.localcloud.instance_layer import ensure_layer
         from phoenixci.localcloud.runtime import InstanceSpec
 
         if self.runtime.boot_phase(view.instance_id) not in {"absent", "stopped"}:
@@ -296,4 +281,6 @@ class LocalCloud:
                             subnet_cidr=view.subnet_cidr, mac=view.mac,
                             hostname="ip-" + view.private_ip.replace(".", "-"),
                             imds_port=self._imds[bridge.gateway_ip].port, bridge=bridge.name)
-        self.runtime.start(spec, self.image)
+        layer = ensure_layer(self.state_dir / "layers", self.image.rootfs,  # the API's CA and address
+                             f"https://{bridge.gateway_ip}:{self.api.port}", self.api.tls.ca.pem)
+        self.runtime.start(spec, self.image, layers=[layer])

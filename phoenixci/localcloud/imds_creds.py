@@ -22,11 +22,11 @@ CredentialsProvider = Callable[[InstanceInfo], dict[str, Any]]
 
 def mint_for_instance(info: InstanceInfo) -> dict[str, Any]:
     """Default provider: STS credentials of the instance profile's role (the role must trust EC2)."""
-    from phoenixci.localcloud.rolecreds import mint_role_credentials
+    from phoenixci.localcloud.rolecreds import instance_credential_seconds, mint_role_credentials
 
     assert info.role_arn is not None
     return mint_role_credentials(info.account_id, info.role_arn, session_name=info.instance_id,
-                                 duration=3600, region=info.region)
+                                 duration=instance_credential_seconds(), region=info.region)
 
 
 def _as_datetime(value: Any) -> datetime.datetime:

@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from typing import Any
 
-from phoenixci.errors import PhoenixError
+from phoenixci.errors import ConfigError, PhoenixError
 
 log = logging.getLogger(__name__)
 
 EC2_SERVICE = "ec2.amazonaws.com"
+#: how long the credentials the IMDS hands an instance last
+INSTANCE_CREDENTIAL_SECONDS = 3600
+#: test only: a shorter lifetime (seconds), so a test sees them expire (AWS's minimum is 900 s)
+TEST_LIFETIME_ENV = "PHOENIXCI_TEST_ROLE_CREDENTIAL_SECONDS"
+
+
+def instance_credential_seconds() -> int:
+    """The lifetime of instance-role credentials: 3600 s, or ``$PHOENIXCI_TEST_ROLE_CREDENTIAL_SECONDS``."""
+    raw = os.environ.get(TEST_LIFETIME_ENV, "").strip()
+    if not raw:
+        return INSTANCE_CREDENTIAL_SECONDS
+    if not raw.isdigit() or not 1 <= int(raw) <= 43200:
+        raise ConfigError(f"{TEST_LIFETIME_ENV}={raw!r}: give whole seconds from 1 to 43200 (test only)")
+    return int(raw)
 
 
 class RoleTrustError(PhoenixError):

@@ -128,8 +128,8 @@ class Runtime:
             netlink.delete_table(self.table)
 
     # ---- instances ---------------------------------------------------------------------------
-    def start(self, spec: InstanceSpec, image: Image) -> None:
-        """Plumb the network and start systemd as PID 1; return once it runs (boot goes on)."""
+    def start(self, spec: InstanceSpec, image: Image, layers: builtins.list[Path] | None = None) -> None:
+        """Plumb the network, start systemd as PID 1 over ``layers`` (top first) + the image."""
         t0 = time.monotonic()
         idir = self._idir(spec.instance_id)
         cg = self._cgroup(spec.instance_id)
@@ -149,7 +149,7 @@ class Runtime:
             argv = ["nsenter", f"--net=/run/netns/{self.netns(spec.instance_id)}", "--",
                     "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup", "--fork", "--kill-child",
                     sys.executable, "-I", str(INIT_SCRIPT),
-                    "--lower", str(image.rootfs), "--upper", str(idir / "upper"),
+                    "--lower", ":".join([*map(str, layers or []), str(image.rootfs)]), "--upper", str(idir / "upper"),
                     "--work", str(idir / "work"), "--merged", str(idir / "merged"),
                     "--stage", str(idir / "stage"), "--hostname", spec.hostname,
                     "--uuid", "ec2" + str(uuid.uuid4())[3:]]

@@ -130,6 +130,8 @@ class World:
     account: str = ACCOUNT
     #: a server this World started itself (only the subprocess probe does); None on the shared one
     server: Any = None
+    #: the CA bundle the endpoint's TLS is verified with (the local cloud's; None: botocore's default)
+    verify: str | None = None
     #: IAM users and roles made through this World, oldest first: ("user" | "role", name)
     made: list[tuple[str, str]] = field(default_factory=list)
 
@@ -137,13 +139,13 @@ class World:
     def on_backend(cls, backend: Any) -> World:
         """The session's embedded AWS (``phoenix_backend``), acting as its administrator."""
         creds = backend.session.get_credentials().get_frozen_credentials()
-        return cls(endpoint=str(backend.endpoint_url), account=backend.account_id,
+        return cls(endpoint=str(backend.endpoint_url), account=backend.account_id, verify=backend.ca_bundle,
                    admin={"AccessKeyId": creds.access_key, "SecretAccessKey": creds.secret_key})
 
     def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
         creds = creds or self.admin
         return boto3.client(
-            service, region_name=REGION, endpoint_url=self.endpoint, config=NO_RETRY,
+            service, region_name=REGION, endpoint_url=self.endpoint, config=NO_RETRY, verify=self.verify,
             aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
             aws_session_token=creds.get("SessionToken"))
 
@@ -263,6 +265,28 @@ def instance_template(image_id: str, profile: str | None, subnet: str | None = N
         "Server": {"Type": "AWS::EC2::Instance", "DependsOn": "Sg", "Properties": props}}})
 
 
+def _probe_expiry_and_bucket_policy(world: World) -> dict[str, str]:
+    """Expired role credentials (patches/expired_credentials) and a bucket policy's Deny on bucket
+    and object requests (patches/bucket_policy_deny), in unpatched moto."""
+    import datetime
+
+    from moto.sts.models import sts_backends
+
+    creds = world.role_creds(world.make_role("probe-expiring", [allow("*", "*")]))
+    for role in sts_backends[ACCOUNT]["aws"].assumed_roles:
+        if role.access_key_id == creds["AccessKeyId"]:
+            role.expiration = datetime.datetime(2000, 1, 1)
+    s3 = world.client("s3")
+    s3.create_bucket(Bucket="probe-denied")
+    s3.put_object(Bucket="probe-denied", Key="k", Body=b"x")
+    s3.put_bucket_policy(Bucket="probe-denied", Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Principal": "*", "Action": ["s3:ListBucket", "s3:GetObject"],
+         "Resource": ["arn:aws:s3:::probe-denied", "arn:aws:s3:::probe-denied/*"]}]}))
+    return {"expired_role_credentials": outcome(lambda: world.client("sts", creds).get_caller_identity()),
+            "bucket_policy_list": outcome(lambda: s3.list_objects_v2(Bucket="probe-denied")),
+            "bucket_policy_get": outcome(lambda: s3.get_object(Bucket="probe-denied", Key="k"))}
+
+
 def probe() -> dict[str, str]:
     """Run each scenario a patch fixes, against THIS process's (unpatched) moto."""
     world = _start_upstream_world()
@@ -303,6 +327,7 @@ def probe() -> dict[str, str]:
         sts = world.client("sts", dev)
         results["assume_service_only"] = outcome(lambda: sts.assume_role(RoleArn=svc, RoleSessionName="probe"))
         results["assume_root_trusted"] = outcome(lambda: sts.assume_role(RoleArn=root, RoleSessionName="probe"))
+        results.update(_probe_expiry_and_bucket_policy(world))
         return results
     finally:
         world.stop()

@@ -2,7 +2,8 @@
 
 The fetcher runs as the app server runs it: in its own process, with only the credentials
 of a role that may read ``app/*`` of the artifact bucket (from the environment, or from a fake
-IMDSv2 on 127.0.0.1), and ``--endpoint phoenix_backend.endpoint_url``. moto checks both the
+IMDSv2 on 127.0.0.1), ``--endpoint phoenix_backend.endpoint_url`` (HTTPS) and ``AWS_CA_BUNDLE``
+(the local cloud's CA, as instances have it). moto checks both the
 SigV4 signature and the role's policy. The bucket, the role and the publishing user are made by
 the administrator, named ``fetch-…``, and removed after the module.
 """
@@ -67,7 +68,8 @@ def artifacts(phoenix_backend: Any) -> Iterator[dict[str, Any]]:
                               "Token": frozen.token},
                "env": {"AWS_ACCESS_KEY_ID": frozen.access_key,
                        "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
-                       "AWS_SESSION_TOKEN": frozen.token}}
+                       "AWS_SESSION_TOKEN": frozen.token,
+                       "AWS_CA_BUNDLE": str(phoenix_backend.ca_bundle)}}
     finally:
         stacks.empty_bucket(s3, bucket)
         s3.delete_bucket(Bucket=bucket)
@@ -163,6 +165,18 @@ def test_credentials_from_imdsv2(artifacts: dict[str, Any], tmp_path: Path) -> N
         args = _args(artifacts, key, digest, dest)
         region_at = args.index("--region")
         del args[region_at:region_at + 2]  # region from the IMDS too
-        proc = run_fetch(*args, "--imds-endpoint", imds, env={})
+        proc = run_fetch(*args, "--imds-endpoint", imds, env={"AWS_CA_BUNDLE": artifacts["env"]["AWS_CA_BUNDLE"]})
     assert proc.returncode == 0, proc.stderr
     assert dest.read_bytes() == b"artifact from the role"
+
+
+def test_the_api_certificate_is_verified(artifacts: dict[str, Any], tmp_path: Path) -> None:
+    """HTTPS is verified like boto3 does it: without the cloud's CA (AWS_CA_BUNDLE, or the system
+    store where cloud-init puts it on an instance) the download fails and nothing is installed."""
+    key = "app/rev6/app-rev6.tar.gz"
+    digest = _publish(artifacts, key, b"artifact")
+    env = {k: v for k, v in artifacts["env"].items() if k != "AWS_CA_BUNDLE"}
+    proc = run_fetch(*_args(artifacts, key, digest, tmp_path / "a"), env=env)
+    assert proc.returncode == fetch_artifact.EXIT_DOWNLOAD, proc.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in proc.stderr
+    assert not (tmp_path / "a").exists()

@@ -144,12 +144,13 @@ def test_role_credentials_are_enforced_by_iam(world: World) -> None:
     session = boto3.Session(aws_access_key_id=creds["AccessKeyId"],
                             aws_secret_access_key=creds["SecretAccessKey"],
                             aws_session_token=creds["Token"], region_name=world.backend.region)
-    s3 = session.client("s3", endpoint_url=world.backend.endpoint_url)
+    s3 = session.client("s3", endpoint_url=world.backend.endpoint_url, verify=world.backend.ca_bundle)
     assert s3.get_object(Bucket=world.bucket, Key="data/readme.txt")["Body"].read() == b"for the instance"
     with pytest.raises(ClientError) as denied:
         s3.put_object(Bucket=world.bucket, Key="data/evil.txt", Body=b"x")
     assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-    arn = session.client("sts", endpoint_url=world.backend.endpoint_url).get_caller_identity()["Arn"]
+    arn = session.client("sts", endpoint_url=world.backend.endpoint_url,
+                         verify=world.backend.ca_bundle).get_caller_identity()["Arn"]
     assert arn.endswith(f":assumed-role/{world.role}/{world.instance_id}")
 
 

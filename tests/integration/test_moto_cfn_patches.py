@@ -67,8 +67,10 @@ def public_key() -> str:
 
 
 class Clients:
-    def __init__(self, endpoint: str | None, creds: dict[str, str] | None = None) -> None:
+    def __init__(self, endpoint: str | None, creds: dict[str, str] | None = None,
+                 verify: str | None = None) -> None:
         self.endpoint = endpoint
+        self.verify = verify
         self.creds = creds or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
         self._cache: dict[str, Any] = {}
 
@@ -77,7 +79,7 @@ class Clients:
             raise AttributeError(service)
         if service not in self._cache:
             self._cache[service] = boto3.client(service, region_name=REGION, endpoint_url=self.endpoint,
-                                                config=NO_RETRY, **self.creds)
+                                                config=NO_RETRY, verify=self.verify, **self.creds)
         return self._cache[service]
 
     def client(self, service: str) -> Any:
@@ -161,7 +163,7 @@ def admin(phoenix_backend: Any) -> dict[str, str]:
 
 @pytest.fixture()
 def aws(phoenix_backend: Any, admin: dict[str, str]) -> Clients:
-    return Clients(str(phoenix_backend.endpoint_url), admin)
+    return Clients(str(phoenix_backend.endpoint_url), admin, verify=phoenix_backend.ca_bundle)
 
 
 @pytest.fixture()

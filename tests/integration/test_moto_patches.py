@@ -296,3 +296,13 @@ def test_upstream_trust_still_needed(upstream: dict[str, str]) -> None:
 def test_upstream_console_output_still_needed(upstream: dict[str, str]) -> None:
     assert upstream["console_output"].startswith("Linux version 2.6.16-xenU"), \
         "upstream moto no longer answers GetConsoleOutput with its fixed sample: re-check patches/console_output.py"
+
+
+def test_upstream_expired_credentials_still_needed(upstream: dict[str, str]) -> None:
+    assert upstream["expired_role_credentials"] == "ok", \
+        "upstream moto refuses expired role credentials: remove patches/expired_credentials.py"
+
+
+def test_upstream_bucket_policy_deny_still_needed(upstream: dict[str, str]) -> None:
+    fixed = upstream["bucket_policy_list"] == "403:AccessDenied" and upstream["bucket_policy_get"] == "403:AccessDenied"
+    assert not fixed, "upstream moto applies bucket-policy Denies as AccessDenied: remove patches/bucket_policy_deny.py"

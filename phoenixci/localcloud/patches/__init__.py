@@ -46,6 +46,9 @@ _MODULES = (
     "phoenixci.localcloud.patches.eip_events",  # after eip_semantics: a move is one outermost call
     "phoenixci.localcloud.patches.console_output",
     "phoenixci.localcloud.patches.availability_zones",
+    "phoenixci.localcloud.patches.secure_transport",  # aws:SecureTransport from the request's transport
+    "phoenixci.localcloud.patches.bucket_policy_deny",  # a bucket policy's Deny on bucket requests too
+    "phoenixci.localcloud.patches.expired_credentials",  # expired role credentials refused
     "phoenixci.localcloud.patches.region_refusal",  # last: the outermost check, before any authorization
 )
 

@@ -19,10 +19,9 @@ replaced by an evaluation that applies a statement only when its condition holds
 (every operator IAM documents, ``_conditions``; an unknown operator counts as met in a
 Deny, i.e. a conditional Deny keeps denying, and as not met in an Allow). Request
 context: the request being served (``_request_context``: source address, principal, S3
-keys, object tags); ``aws:SecureTransport`` is ``LOCAL_TRANSPORT_IS_SECURE`` unless a
-hook is installed (``_request_context.set_secure_transport``) -- the embedded API is plain
-HTTP bound to loopback and the run's own bridges only (DESIGN.md, safety rules), which the
-local cloud treats as its equivalent of AWS's TLS endpoint.
+keys, object tags); ``aws:SecureTransport`` is whether that request came over TLS (the
+``secure_transport`` patch installs the hook ``_request_context.set_secure_transport``; the
+local cloud's API speaks HTTPS, with one plain-HTTP listener on loopback).
 """
 from __future__ import annotations
 
@@ -124,7 +123,7 @@ def model_class() -> type:
     return _model
 
 
-#: How the local cloud answers ``aws:SecureTransport`` for its loopback-only HTTP API.
+#: ``aws:SecureTransport`` before the ``secure_transport`` patch installs its hook.
 LOCAL_TRANSPORT_IS_SECURE = True
 
 
@@ -135,11 +134,12 @@ def request_context(resource: str = "*") -> dict[str, Any]:
         access_key_of,
         build_context,
         current_request,
+        secure_transport,
     )
 
     request = current_request()
     if request is None:
-        return {"aws:SecureTransport": "true" if LOCAL_TRANSPORT_IS_SECURE else "false"}
+        return {"aws:SecureTransport": "true" if secure_transport(None) else "false"}
     return build_context(request, access_key_of(request), resource)
 
 
