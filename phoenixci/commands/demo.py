@@ -36,8 +36,9 @@ from phoenixci.pipeline.health import probe
 
 console = Console(stderr=False, width=max(120, Console().width), soft_wrap=True)
 HEADLINE = "Hello from the phoenixci demo"
-#: seconds each release of the demo gets to serve: a good one serves in ~3 s, the unhealthy one fails fast
-DEMO_HEALTH_TIMEOUT = 20.0
+#: seconds each release of the demo gets to serve: a good one serves in ~3 s (30 leaves room for a loaded
+#: machine), the unhealthy one fails after it
+DEMO_HEALTH_TIMEOUT = 30.0
 AWS_DEMO_HEALTH_TIMEOUT = 300.0
 Git = Callable[..., str]
 

@@ -44,7 +44,7 @@ def _check_the_story(proc: subprocess.CompletedProcess[str]) -> str:
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr
     assert "\x1b[" not in out, "cursor control or colour in piped output"
-    assert "the unhealthy release gets 20 s to serve (--health-timeout" in out
+    assert "the unhealthy release gets 30 s to serve (--health-timeout" in out
     run_id = re.search(r"run id (phx-[0-9a-f]{8})", out)
     assert run_id, out
     for resource in ("AWS::EC2::VPC", "AWS::S3::Bucket", "AWS::IAM::Role", "AWS::EC2::Instance", "AWS::EC2::EIP"):
