@@ -177,6 +177,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
         return 3
     console.print(f"local cloud on {state_dir}: pid {info['pid']}, region {info.get('region')}, "
                   f"API {info.get('endpoint_url')}, image {info.get('image_id')}")
+    if info.get("limits"):
+        console.print(f"warning: {info['limits']}", markup=False)
     table = Table()
     for col in ("instance", "state", "private ip", "elastic ip", "boot phase", "error"):
         table.add_column(col, overflow="fold")

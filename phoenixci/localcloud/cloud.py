@@ -109,11 +109,15 @@ class LocalCloud:
         self._mirrors: dict[str, Any] = {}     # gateway ip → MirrorServer (wheelhouse)
         self._bridges: dict[str, Any] = {}     # subnet cidr → Bridge
         self._net: Any = None                  # NetworkSync: security groups + Elastic IPs
+        self._launches: Any = None             # launches.Launches: failed starts
+        self.limits_note: str | None = None    # kernel limits still too low (limits.advice)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> CloudInfo:
+        from phoenixci.localcloud import limits
         from phoenixci.localcloud.hostsg import CloudLinks
         from phoenixci.localcloud.image import build_image
+        from phoenixci.localcloud.launches import Launches
         from phoenixci.localcloud.mirror import fill_wheelhouse
         from phoenixci.localcloud.netsync import NetworkSync
         from phoenixci.localcloud.patches import region_refusal
@@ -125,6 +129,7 @@ class LocalCloud:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.runtime = Runtime(self.state_dir / "runtime")
         claim_tag(self.runtime.tag, self.state_dir)
+        self.limits_note = limits.advice(limits.ensure())  # raised if we may, else said (log, status)
         swept = self.runtime.sweep()
         if swept:
             log.warning("swept %d leftover(s) of an earlier run: %s", len(swept), ", ".join(swept))
@@ -134,13 +139,15 @@ class LocalCloud:
         region_refusal.serve_only(self.region)  # other regions answer as if not enabled for the account
         try:
             self.image_id = self._register_image()
+            self._launches = Launches(self.runtime, self._ec2)
             self._serve_consoles()
             self._net = NetworkSync(read=self._read, ec2=self._ec2, running=self.runtime.list, links=CloudLinks(
                 self.runtime, self._bridges, self._imds, services={self.api.port, MIRROR_PORT})).start()
             self.reconciler = Reconciler(read=self._read, ensure_running=self._ensure_running,
                                          ensure_stopped=self.runtime.stop, ensure_gone=self.runtime.destroy,
                                          phase_of=self.runtime.boot_phase, apply_network=self._net.apply,
-                                         release=self._net.release)
+                                         release=self._net.release, exit_reason=self._launches.exit_reason,
+                                         fail=self._launches.fail)
             self.reconciler.start()
         except BaseException:
             self.stop()
@@ -151,11 +158,9 @@ class LocalCloud:
 
     def _serve_consoles(self) -> None:
         """GetConsoleOutput shows each instance's real console (see localcloud/console.py)."""
-        from phoenixci.localcloud.console import console_text
         from phoenixci.localcloud.patches import console_output
 
-        instances = self.runtime.state_dir / "instances"
-        console_output.set_source(lambda iid: console_text(instances / iid) if iid.startswith("i-") else None)
+        console_output.set_source(lambda iid: self._launches.console(iid) if iid.startswith("i-") else None)
 
     def info(self) -> CloudInfo:
         admin = self.api.admin
@@ -210,7 +215,7 @@ class LocalCloud:
                      for v in sorted(snap.instances.values(), key=lambda v: v.instance_id)]
         return {"state_dir": str(self.state_dir), "endpoint_url": self.api.endpoint_url,
                 "http_endpoint_url": self.api.http_endpoint_url, "ca_bundle": self.api.ca_bundle,
-                "region": self.region, "image_id": self.image_id,
+                "region": self.region, "image_id": self.image_id, "limits": self.limits_note,
                 "subnets": self._subnets(), "instances": instances}
 
     def _subnets(self) -> dict[str, dict[str, str]]:
@@ -283,4 +288,4 @@ class LocalCloud:
                             imds_port=self._imds[bridge.gateway_ip].port, bridge=bridge.name)
         layer = ensure_layer(self.state_dir / "layers", self.image.rootfs,  # the API's CA and address
                              f"https://{bridge.gateway_ip}:{self.api.port}", self.api.tls.ca.pem)
-        self.runtime.start(spec, self.image, layers=[layer])
+        self._launches.start(spec, self.image, layers=[layer])  # runtime.start (+ a test-only hook)

@@ -6,7 +6,8 @@ Files in the state dir:
   cloud.log     the daemon's log
   ready.json    written once the cloud answers (endpoint, image id, region, pid)
   status.json   written before ready.json, then every second (endpoint, image id, region, subnets,
-                instances with their boot phases): `cloud start` returns with it complete
+                instances with their boot phases and errors, ``limits``: the one line naming kernel
+                limits still too low, or null): `cloud start` returns with it complete
   env           export lines for any AWS client: source DIR/env
 """
 from __future__ import annotations

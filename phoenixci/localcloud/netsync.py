@@ -89,9 +89,17 @@ class NetworkSync:
     # -- the reconciler's network step --------------------------------------------------------
     def apply(self, snap: Snapshot) -> None:
         """Security groups (from moto now, not ``snap``: a pass never undoes a newer prepare),
-        then the Elastic IPs."""
-        self.sync_groups()
-        self.sync_eips()
+        then the Elastic IPs; each isolated (a failure is logged and retried next pass). An
+        instance whose container or namespace vanished meanwhile is simply left out of the next
+        render (``hostsg.ports_of``: only instances that run or whose container is present)."""
+        try:
+            self.sync_groups()
+        except Exception as e:  # noqa: BLE001 - the Elastic IPs still follow; retried next pass
+            log.error("security groups not applied this pass (retried next pass): %s", e)
+        try:
+            self.sync_eips()
+        except (ForwardingError, RuntimeError) as e:
+            log.error("Elastic IP forwarding not fully applied this pass (retried next pass): %s", e)
 
     def sync_groups(self, *, force: bool = False) -> None:
         """Host-side rules = moto's instances and groups now; raises NetError if nft refuses."""

@@ -9,6 +9,12 @@ the host side of each instance's link; associated Elastic IPs are forwarded from
 Pure functions (``desired_*``) compute what should exist from a snapshot; ``Reconciler`` applies
 the difference and records per-instance phases and errors for ``phoenixci cloud status``.
 
+Each instance's step is isolated (one bad instance never stalls the others), and so is the
+network step. A start that fails — the runtime raised, or the container exited before the
+instance was ever ready — is retried after a growing delay, ``launches.StartPolicy.attempts``
+times in all; then ``fail`` gives up on the instance (the local cloud terminates it in the API
+with EC2's launch-failure reason: launches.py) and its record keeps the reason.
+
 Before a pass stops or destroys any instance's container it calls ``release`` with those
 instances: no Elastic IP may still lead new connections to a server that is going away (the
 local cloud retargets its forwarders from moto's current state there). If that fails, the
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from phoenixci.localcloud.launches import StartPolicy
 from phoenixci.localcloud.nacls import read_nacls
 
 log = logging.getLogger(__name__)
@@ -101,6 +108,13 @@ class InstanceRecord:
     private_ip: str = ""
     #: a pass has acted on it and read its phase at least once
     converged: bool = False
+    #: a container was started for it and it has not been ready since (its exit = a failed start)
+    launching: bool = False
+    #: failed starts since it was last ready; no new start before ``retry_at`` (monotonic)
+    failures: int = 0
+    retry_at: float | None = None
+    #: set when the reconciler gave up starting it: why (kept after its container is gone)
+    failure: str | None = None
 
 
 @dataclass
@@ -115,6 +129,11 @@ class Reconciler:
     apply_network: Callable[[Snapshot], None] = lambda snap: None
     #: called with {instance id: private IP} of the instances this pass will stop or destroy
     release: Callable[[dict[str, str]], None] = lambda leaving: None
+    #: why the container of an instance that never became ready has ended
+    exit_reason: Callable[[str], str] = lambda instance_id: "the container exited at start"
+    #: give up on an instance (called with its id and the reason once the policy says so)
+    fail: Callable[[str, str], None] = lambda instance_id, reason: None
+    policy: StartPolicy = field(default_factory=StartPolicy)
     interval: float = 0.2
     records: dict[str, InstanceRecord] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -166,7 +185,10 @@ class Reconciler:
                 self._act(gone, functools.partial(self.ensure_gone, gone))
                 if self.records[gone].error is None:
                     del self.records[gone]  # moto forgot it and its container is gone
-            self.apply_network(snap)
+            try:
+                self.apply_network(snap)
+            except Exception:  # noqa: BLE001 - the instances were converged; the next pass retries
+                log.exception("network step of a reconcile pass failed (retried next pass)")
             self.passes += 1
 
     def _idle(self, view: InstanceView) -> bool:
@@ -187,11 +209,10 @@ class Reconciler:
         record = self.records.setdefault(view.instance_id, InstanceRecord(view.instance_id))
         record.private_ip = view.private_ip
         if view.state in RUNNING_STATES:
-            if record.started_at is None or record.phase in {"absent", "stopped"}:
-                record.started_at = time.monotonic()
-                record.ready_at = None
-            self._act(view.instance_id, lambda: self.ensure_running(view))
-        elif view.state in STOPPED_STATES:
+            self._start(view, record)
+        else:
+            record.launching = False
+        if view.state in STOPPED_STATES:
             if not idle:
                 self._act(view.instance_id, lambda: self.ensure_stopped(view.instance_id))
             record.started_at = None
@@ -205,6 +226,62 @@ class Reconciler:
             record.error = str(e)
         if record.phase == "ready" and record.ready_at is None:
             record.ready_at = time.monotonic()
+        if record.phase == "ready":
+            record.launching, record.failures, record.retry_at = False, 0, None
+
+    def _start(self, view: InstanceView, record: InstanceRecord) -> None:
+        """Start (or keep running) ``view``, counting failed starts against the policy."""
+        iid = view.instance_id
+        if record.failure is not None:  # given up, but the API still has it running: tell it again
+            self._give_up(record, record.failure)
+            return
+        if record.launching and self._phase(iid) == "stopped":
+            record.launching = False
+            self._failed_start(record, self._reason(iid))  # the container exited before ready
+        if record.failure is not None or (record.retry_at is not None and time.monotonic() < record.retry_at):
+            return
+        if record.started_at is None or record.phase in {"absent", "stopped"}:
+            record.started_at = time.monotonic()
+            record.ready_at = None
+            record.launching = True  # this pass starts its container
+        try:
+            self.ensure_running(view)
+            record.error = None
+        except Exception as e:  # noqa: BLE001 - one bad instance must not stall the others
+            record.launching = False
+            self._failed_start(record, str(e) or type(e).__name__)
+
+    def _phase(self, instance_id: str) -> str:
+        try:
+            return self.phase_of(instance_id)
+        except Exception:  # noqa: BLE001 - unknown: not counted as an exit
+            return "unknown"
+
+    def _reason(self, instance_id: str) -> str:
+        try:
+            return self.exit_reason(instance_id)
+        except Exception as e:  # noqa: BLE001
+            return f"the container exited at start (no details: {e})"
+
+    def _failed_start(self, record: InstanceRecord, reason: str) -> None:
+        record.failures += 1
+        delay = self.policy.delay_after(record.failures)
+        if delay is None:
+            self._give_up(record, f"failed to start {record.failures} times, last: {reason}")
+            return
+        record.retry_at = time.monotonic() + delay
+        record.error = (f"start {record.failures} of {self.policy.attempts} failed: {reason} "
+                        f"(next in {delay:g} s)")
+        log.error("instance %s: %s", record.instance_id, record.error)
+
+    def _give_up(self, record: InstanceRecord, reason: str) -> None:
+        if record.failure is None:
+            log.error("instance %s: giving up: %s", record.instance_id, reason)
+        record.failure = record.error = reason
+        try:
+            self.fail(record.instance_id, reason)
+        except Exception as e:  # noqa: BLE001 - the next pass tells the API again
+            log.error("instance %s: could not mark it failed: %s", record.instance_id, e)
 
     def _act(self, instance_id: str, action: Callable[[], None]) -> None:
         record = self.records.setdefault(instance_id, InstanceRecord(instance_id))
@@ -218,4 +295,4 @@ class Reconciler:
 
     def status(self) -> dict[str, dict[str, Any]]:
         with self._lock:
-            return {i: {"phase": r.phase, "error": r.error} for i, r in self.records.items()}
+            return {i: {"phase": r.phase, "error": r.error or r.failure} for i, r in self.records.items()}

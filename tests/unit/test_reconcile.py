@@ -65,7 +65,7 @@ def test_one_failing_instance_does_not_stall_the_others() -> None:
     rec = make([snap(view("i-bad", "running"), view("i-good", "running", "10.0.0.6"))], rt)
     rec.run_once()
     status = rec.status()
-    assert status["i-bad"]["error"] == "cannot boot i-bad"
+    assert status["i-bad"]["error"] == "start 1 of 3 failed: cannot boot i-bad (next in 1 s)"
     assert status["i-good"] == {"phase": "ready", "error": None}
 
 
