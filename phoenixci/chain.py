@@ -11,7 +11,6 @@ being kept, so an interrupted session leaves nothing and a kept one is an enviro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import time
@@ -225,22 +224,24 @@ def app_holder(backend: Backend, state: EnvState) -> str | None:
 
 
 def published_artifact(backend: Backend, state: EnvState, revision: str) -> tuple[str | None, str | None]:
-    """(key, sha256 of its bytes) of the revision's artifact, checked against the published
-    checksum; (None, None) when nothing was published."""
+    """(key, sha256) of the revision's artifact, its bytes checked against the published checksum
+    (PublishError if they differ); (None, None) when nothing was published."""
+    import tempfile
+
+    from phoenixci.errors import PublishError
+    from phoenixci.pipeline.publish import fetch_and_verify, find_published
+
     s3 = backend.client("s3")
-    bucket = stacks.describe(backend.client("cloudformation"), state.infra_stack, resources=False)
-    if bucket is None:
+    infra = stacks.describe(backend.client("cloudformation"), state.infra_stack, resources=False)
+    if infra is None:
         return None, None
-    name, key = bucket.output("ArtifactBucket"), f"app/{revision}/app-{revision}.tar.gz"
     try:
-        body = s3.get_object(Bucket=name, Key=key)["Body"].read()
-        published = s3.get_object(Bucket=name, Key=key + ".sha256")["Body"].read().decode().split()[0]
-    except ClientError:
+        found = find_published(s3, infra.output("ArtifactBucket"), revision)
+    except PublishError:
         return None, None
-    actual = hashlib.sha256(body).hexdigest()
-    if actual != published:
-        raise AssertionError(f"artifact {key}: sha256 {actual} differs from the published {published}")
-    return key, actual
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch_and_verify(s3, found.bucket, found.key, Path(tmp))
+    return found.key, found.sha256
 
 
 def pin_app_server(backend: Backend, state: EnvState, instance_id: str) -> str:
@@ -263,13 +264,6 @@ def testinfra_host(state: EnvState, name_or_ip: str, *, sudo: bool = False) -> A
 
 def remove_run_directory(state: EnvState) -> None:
     """Secrets and keys of a removed run are of no use to anyone: delete them, keep the logs."""
-    for name in ("ssh", "secrets", "app", "repo", "dist", "ansible-tmp", "ansible-cp", "vars.json",
-                 "inventory.phoenixci_ec2.yml"):
-        path = state.path / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    state.forget()
+    state.discard()
     if not any(state.path.iterdir()):
         os.rmdir(state.path)

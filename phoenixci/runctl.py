@@ -30,7 +30,7 @@ class SessionRun:
     keep: str
     admin_cidr: str
     app_source: Path
-    accept_aws_cost: bool = False
+    cost_estimate: str = ""                  # aws://: what the session will cost (acknowledged)
     health_timeout: float = 0                # seconds a release gets to serve (0: the backend's default)
     session: Any = None                      # the pytest session (its failure count decides keeping)
     cloud_dir: Path | None = None            # the local cloud daemon of a run that may be kept
@@ -87,7 +87,7 @@ def configure(config: pytest.Config) -> SessionRun:
         from phoenixci.backends import get_backend
 
         get_backend(backend_url)  # unknown scheme or options: one clear line, before anything exists
-        _acknowledge(backend_url, bool(config.getoption("--accept-aws-cost")))
+        estimate = _acknowledge(backend_url, bool(config.getoption("--accept-aws-cost")))
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
     health = str(config.getoption("--health-timeout") or "0")
@@ -103,7 +103,7 @@ def configure(config: pytest.Config) -> SessionRun:
     run = SessionRun(run_id=run_id, directory=Path(base).resolve() / run_id,
                      backend_url=backend_url, keep=keep,
                      admin_cidr=str(config.getoption("--admin-cidr")), app_source=app_source,
-                     accept_aws_cost=bool(config.getoption("--accept-aws-cost")), health_timeout=health_timeout)
+                     cost_estimate=estimate or "", health_timeout=health_timeout)
     config.stash[STASH] = run
     return run
 
@@ -136,7 +136,8 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
     from phoenixci import leaks
     from phoenixci.backends import get_backend
 
-    _acknowledge_cost(run)
+    if run.cost_estimate:
+        print(f"\nphoenixci: {run.cost_estimate}", flush=True)
     url = _daemon_url(run) or run.backend_url
     try:
         if run.cloud_dir is not None:
@@ -178,18 +179,10 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
 
 
 def _check_host(run: SessionRun) -> None:
-    """No namespace, link, cgroup, mount, firewall table or process of the session's cloud is left
-    (a process killed with its cgroup may take a moment to be gone: look again for a few seconds)."""
-    import time
+    """No namespace, link, cgroup, mount, firewall table or process of the session's cloud is left."""
+    from phoenixci.localcloud.hostcheck import tag_of, wait_gone
 
-    from phoenixci.localcloud.hostcheck import host_leftovers, tag_of
-
-    deadline = time.monotonic() + 10
-    while True:
-        left = [item for state_dir in run.host_checks for item in host_leftovers(tag_of(state_dir), state_dir)]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    left = [item for state_dir in run.host_checks for item in wait_gone(tag_of(state_dir), state_dir)]
     if left:
         raise LeakError(f"the session's local cloud left on this machine: {', '.join(left)}", leftovers=left)
 
@@ -198,12 +191,6 @@ def _acknowledge(backend_url: str, accepted: bool) -> str | None:
     from phoenixci import costs
 
     return costs.require_acknowledgement(backend_url, accepted, command="pytest")
-
-
-def _acknowledge_cost(run: SessionRun) -> None:
-    estimate = _acknowledge(run.backend_url, run.accept_aws_cost)
-    if estimate:
-        print(f"\nphoenixci: {estimate}", flush=True)
 
 
 def _tidy(run: SessionRun) -> None:

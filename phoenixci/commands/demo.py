@@ -32,7 +32,6 @@ from phoenixci.commands import demo_view
 from phoenixci.env import lifecycle
 from phoenixci.env.state import EnvState
 from phoenixci.errors import PhoenixError
-from phoenixci.pipeline.health import probe
 
 console = Console(stderr=False, width=max(120, Console().width), soft_wrap=True)
 HEADLINE = "Hello from the phoenixci demo"
@@ -273,8 +272,6 @@ def _shows(state: EnvState, text: str) -> bool:
 
 def _serving(state: EnvState, backend: Any) -> tuple[str, str]:
     """The revision the app address serves, and the instance its Elastic IP points to."""
-    obs = probe(*state.app_address, timeout=3.0)
-    ip, _ = state.app_address
-    found = backend.client("ec2").describe_addresses(PublicIps=[ip])["Addresses"]
-    server = str(found[0].get("InstanceId") or "nothing") if found else "nothing"
-    return str((obs.version or {}).get("revision") or ""), server
+    from phoenixci import chain
+
+    return chain.serving_revision(state) or "", chain.app_holder(backend, state) or "nothing"

@@ -242,14 +242,7 @@ def _down(state: EnvState, directory: Path, say: Say) -> list[str]:
         say("stopping the local cloud ...")
         swept = daemon.stop(Path(state.cloud_dir))
         removed += [f"swept {s}" for s in swept]
-    state.forget()
-    for name in ("ssh", "secrets", "app", "repo", "dist", "ansible-tmp", "ansible-cp", "vars.json",
-                 "inventory.phoenixci_ec2.yml"):
-        path = directory / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    state.discard()
     return removed
 
 

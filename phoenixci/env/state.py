@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from phoenixci.errors import ConfigError
 
 DEFAULT_ENV_DIR = Path("/var/lib/phoenixci/env")
 STATE_FILE = "env.json"
+#: what an environment's directory holds besides env.json and logs/ (removed with the environment)
+WORK_FILES = ("ssh", "secrets", "app", "repo", "dist", "ansible-tmp", "ansible-cp", "vars.json",
+              "inventory.phoenixci_ec2.yml")
 
 
 def env_dir(given: str | Path | None = None) -> Path:
@@ -122,3 +126,13 @@ class EnvState:
 
     def forget(self) -> None:
         (self.path / STATE_FILE).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Forget the environment and delete its keys, secrets and work files; its logs stay."""
+        self.forget()
+        for name in WORK_FILES:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

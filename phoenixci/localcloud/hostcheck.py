@@ -6,7 +6,9 @@ directory. ``LocalCloud.stop`` removes them; this proves from the outside that i
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from pathlib import Path
 
 from phoenixci.localcloud import cgroups, netlink
@@ -19,9 +21,12 @@ def _processes(tag: str, state_dir: str) -> list[str]:
         if not proc.name.isdigit() or int(proc.name) == me:
             continue
         try:
+            stat = (proc / "stat").read_text()
             cgroup = (proc / "cgroup").read_text()
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] == "Z":  # exited, not yet reaped by the machine's PID 1 (~1.5 s here)
             continue
         in_cgroup = any(part.startswith(tag) for line in cgroup.splitlines()
                         for part in line.rpartition(":")[2].split("/"))
@@ -31,9 +36,7 @@ def _processes(tag: str, state_dir: str) -> list[str]:
 
 
 def tag_of(state_dir: str | Path, name_prefix: str = "phx") -> str:
-    """The tag a cloud with this state directory gives everything it makes (as ``Runtime``)."""
-    import hashlib
-
+    """The tag a cloud with this state directory gives everything it makes (``Runtime.tag``)."""
     return name_prefix + hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:3]
 
 
@@ -52,3 +55,14 @@ def host_leftovers(tag: str, state_dir: str | Path) -> list[str]:
                 left.append(f"mount {target}")
     left += _processes(tag, state)
     return left
+
+
+def wait_gone(tag: str, state_dir: str | Path, timeout: float = 10.0) -> list[str]:
+    """``host_leftovers`` once what is still going (a process killed with its cgroup) had
+    ``timeout`` seconds to go; an empty list when nothing is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = host_leftovers(tag, state_dir)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from phoenixci.errors import PhoenixError
 from phoenixci.localcloud import cgroups, netlink
+from phoenixci.localcloud.hostcheck import tag_of
 from phoenixci.localcloud.image import Image
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _h(text: str, n: int) -> str:
 class Runtime:
     def __init__(self, state_dir: Path, name_prefix: str = "phx") -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.tag = name_prefix + _h(str(self.state_dir), 3)
+        self.tag = tag_of(self.state_dir, name_prefix)
         self.table = f"phoenixci_{self.tag}"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # the leases file is read-modify-write
