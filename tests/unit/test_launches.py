@@ -3,14 +3,15 @@ and the reconciler retrying a bounded number of times without stalling the other
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from phoenixci.localcloud import launches
 from phoenixci.localcloud.launches import Launches, StartPolicy, compose, describe_exit, mark_failed
@@ -41,17 +42,34 @@ def test_reason_carries_the_last_console_lines_and_the_hint() -> None:
     assert "console empty" in compose("x", "", None)
 
 
-@mock_aws
-def test_a_failed_instance_is_terminated_with_ec2s_launch_failure_reason() -> None:
-    from moto.ec2.models import ec2_backends
-
-    client = boto3.client("ec2", region_name="us-east-1")
+# moto's mock_aws resets moto's process-wide backends when it starts and stops: in this process it
+# would wipe the session's embedded cloud (the local cloud a whole-suite run serves from here), so
+# the EC2 side runs in a child process on plain moto with only launches.mark_failed applied.
+_MARK_FAILED = """
+import json, os
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+import boto3
+from moto import mock_aws
+from moto.ec2.models import ec2_backends
+from phoenixci.localcloud.launches import mark_failed
+with mock_aws():
+    client = boto3.client("ec2")
     image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     iid = client.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     backend = ec2_backends["123456789012"]["us-east-1"]
     mark_failed(backend, iid, "the container exited with status 255 before the instance was ready")
     mark_failed(backend, iid, "again")  # already terminated: nothing changes
     inst = client.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    print(json.dumps({k: inst.get(k) for k in ("State", "StateReason", "StateTransitionReason")}))
+"""
+
+
+def test_a_failed_instance_is_terminated_with_ec2s_launch_failure_reason() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.run([sys.executable, "-c", _MARK_FAILED], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inst = json.loads(proc.stdout.strip().splitlines()[-1])
     assert inst["State"]["Name"] == "terminated"
     assert inst["StateReason"] == {"Code": "Server.InternalError", "Message": (
         "Server.InternalError: Internal error on launch (the container exited with status 255 "
