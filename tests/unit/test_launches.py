@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from phoenixci.localcloud import launches
-from phoenixci.localcloud.launches import Launches, StartPolicy, compose, describe_exit, mark_failed
+from phoenixci.localcloud.launches import Launches, StartPolicy, compose, describe_exit
 from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot
 
 pytestmark = pytest.mark.unit
