@@ -3,7 +3,8 @@ torn down with proof that nothing is left (unless --keep).
 
 After `up`, a developer pushes three commits one after another: a good one (released on a new
 server), one whose unit test fails (stops at test, nothing published) and one whose app never
-serves (fails at deploy after the demo's short health timeout). Each build is followed live
+serves (fails at deploy as soon as its server reports the app keeps exiting, at the latest
+after the demo's short health timeout). Each build is followed live
 (demo_view), then what serves at the app address, and on which instance, is shown. Exit 0 only
 if each commit did what it should.
 """
@@ -64,7 +65,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state: EnvState | None = None
     try:
         _say(f"the unhealthy release gets {health:g} s to serve (--health-timeout; every release of the demo "
-             "gets the same, a good one serves in a few seconds)")
+             "gets the same, a good one serves in a few seconds; the deploy stops sooner when the new server's "
+             "console says its app keeps exiting)")
         state = lifecycle.up(args.backend, env_dir, admin_cidr=args.admin_cidr, say=_say,
                              keep_on_failure=args.keep != "never", run_id=args.run_id, health_timeout=health)
         _say(f"backend [bold]{args.backend}[/], run id [bold]{state.run_id}[/], environment {env_dir}")
@@ -185,8 +187,8 @@ def _changes(health: float) -> list[Change]:
         Change("a new page", "released, serves on a new server", _new_page),
         Change("Hello → Howdy, a unit test fails", "fails at test, nothing published, the old version serves",
                _failing_test, "test"),
-        Change("Howdy → Hello, but the app exits at start", f"fails at deploy (not healthy in {health:g} s), "
-               "the old version serves on the same server", _never_healthy, "deploy"),
+        Change("Howdy → Hello, but the app exits at start", f"fails at deploy (its server reports the app keeps "
+               f"exiting, or it is not healthy in {health:g} s), the old version serves on the same server", _never_healthy, "deploy"),
     ]
 
 

@@ -2,7 +2,9 @@
 the new one serves.
 
 1. create stack ``app-<revision>`` from ``infra/app-server.yaml`` and wait for it;
-2. health-gate the new instance (``/health`` 200 and ``/version`` equal to the revision);
+2. health-gate the new instance (``/health`` 200 and ``/version`` equal to the revision); the
+   gate fails at once when the instance's console shows its bootstrap's ``FAILED`` line (the
+   artifact did not verify, or the app keeps exiting) instead of waiting out the timeout;
 3. move the app Elastic IP to it (and check the move in the API);
 4. wait until the address itself serves the new revision (``address_check``: AWS applies an
    association with a delay): ``http`` polls ``/version`` through the public address until it
@@ -24,6 +26,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +191,8 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
         clock.lap("stack")
         instance_id = stack.output("InstanceId")
         address = _instance_address(ec2, instance_id)
-        health_check(Target(instance_id, address, env.app_port, revision), health_timeout)
+        health_check(Target(instance_id, address, env.app_port, revision,
+                            gave_up=bootstrap_failure(ec2, instance_id)), health_timeout)
         clock.lap("health")
         moved = True  # from here on the address may have moved, even if the call fails
         move_eip(ec2, env.eip_allocation_id, instance_id)
@@ -218,6 +222,31 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
     clock.lap("retire")
     result.timings = clock.laps
     return result
+
+
+#: what the app server's bootstrap (infra/app-server.yaml) prints to the console when it gives up
+BOOTSTRAP_FAILED = "phoenixapp-bootstrap: FAILED: "
+
+
+def bootstrap_failure(ec2: Any, instance_id: str, *, every: float = 3.0) -> Callable[[], str]:
+    """A ``Target.gave_up`` that reads the instance's console at most every ``every`` seconds and
+    returns what its bootstrap's FAILED line says ("" until there is one). On AWS the console
+    lags by minutes, so there the health timeout decides; the local cloud's is live."""
+    next_read = 0.0
+
+    def gave_up() -> str:
+        nonlocal next_read
+        if time.monotonic() < next_read:
+            return ""
+        next_read = time.monotonic() + every
+        try:
+            text = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+        except (ClientError, BotoCoreError):
+            return ""
+        failed = [line.split(BOOTSTRAP_FAILED, 1)[1].strip() for line in text.splitlines() if BOOTSTRAP_FAILED in line]
+        return f"its bootstrap failed: {failed[-1]}" if failed else ""
+
+    return gave_up
 
 
 def console_tail(ec2: Any, instance_id: str, lines: int = 60) -> str:

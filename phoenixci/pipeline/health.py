@@ -10,7 +10,8 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from phoenixci.errors import ConfigError, HealthCheckError
@@ -27,6 +28,9 @@ class Target:
     address: str
     port: int
     revision: str
+    #: why the server will never serve ("" while that is not known): read between probes, so a
+    #: release whose app keeps exiting fails at once instead of waiting out the health timeout
+    gave_up: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
 
 
 class HealthCheck(Protocol):
@@ -66,13 +70,17 @@ def probe(address: str, port: int, *, timeout: float = 3.0) -> Observation:
 
 
 def http_health_check(target: Target, timeout: float) -> None:
-    """Wait until /health is 200 and /version names ``target.revision``."""
-    last = Observation()
+    """Wait until /health is 200 and /version names ``target.revision``; stop early (failing)
+    once ``target.gave_up()`` names a reason."""
+    last, reason = Observation(), ""
 
     def check() -> bool:
-        nonlocal last
+        nonlocal last, reason
         last = probe(target.address, target.port)
-        return last.healthy_for(target.revision)
+        if last.healthy_for(target.revision):
+            return True
+        reason = target.gave_up()
+        return bool(reason)
 
     try:
         wait_until(check, timeout=timeout, interval=0.5,
@@ -82,6 +90,10 @@ def http_health_check(target: Target, timeout: float) -> None:
             f"new server {target.instance_id} ({target.address}:{target.port}) did not become healthy "
             f"within {timeout:g}s: /health={last.health_status}, /version={last.version}, "
             f"error={last.error}", last_state=last) from e
+    if reason:
+        raise HealthCheckError(
+            f"new server {target.instance_id} ({target.address}:{target.port}) will not serve "
+            f"{target.revision}: {reason} (not waiting out the {timeout:g}s health timeout)", last_state=last)
     log.info("health gate passed: %s serves %s", target.instance_id, target.revision)
 
 

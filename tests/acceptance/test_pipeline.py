@@ -236,6 +236,9 @@ def test_a_release_that_never_becomes_healthy_fails_at_deploy(phoenix_ci: EnvSta
     deploy_log = buildbot.step_log(phoenix_ci.ci_url, release.build.build_id, "deploy")
     # the failed server is gone with its stack: its console was saved into the step's log first
     assert "console of the failed server" in deploy_log and "phoenixapp-bootstrap" in deploy_log, deploy_log[-3000:]
+    # the bootstrap said the app keeps exiting (with its last words): the gate stopped there, not at its timeout
+    assert "will not serve" in deploy_log and "keeps exiting" in deploy_log, deploy_log[-3000:]
+    assert "this release refuses to serve" in deploy_log, deploy_log[-3000:]
     assert stacks.describe(cfn, f"app-{release.revision}") is None, "the failed release's stack is left"
     assert release.serving_instance == holder, "the Elastic IP moved"
     assert release.serving_revision == good == live(phoenix_ci)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +56,22 @@ def test_fails_when_nothing_listens() -> None:
         http_health_check(Target("i-dead", "127.0.0.1", port, REVISION), timeout=1)
     assert "did not become healthy within 1s" in str(info.value)
     assert "Connection refused" in str(info.value)
+
+
+def test_stops_at_once_when_the_server_gave_up() -> None:
+    port, calls = free_port(), []
+
+    def gave_up() -> str:
+        calls.append(1)
+        return "its bootstrap failed: phoenixapp.service keeps exiting" if len(calls) >= 2 else ""
+
+    started = time.monotonic()
+    with pytest.raises(HealthCheckError) as info:
+        http_health_check(Target("i-dead", "127.0.0.1", port, REVISION, gave_up=gave_up), timeout=60)
+    assert time.monotonic() - started < 10, "the gate waited instead of stopping when the server gave up"
+    assert str(info.value) == (f"new server i-dead (127.0.0.1:{port}) will not serve {REVISION}: its bootstrap "
+                               "failed: phoenixapp.service keeps exiting (not waiting out the 60s health timeout)")
+
+
+def test_a_healthy_server_passes_whatever_its_console_says(app_port: int) -> None:
+    http_health_check(Target("i-new", "127.0.0.1", app_port, REVISION, gave_up=lambda: "stale"), timeout=5)

@@ -203,3 +203,35 @@ def test_cli_deploy_options() -> None:
     assert (args.address_check, args.address_timeout, args.drain) == ("http", 30.0, 0.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--address-check", "ping"])
+
+
+class _Console:
+    def __init__(self, *outputs: object) -> None:
+        self.outputs, self.reads = list(outputs), 0
+
+    def get_console_output(self, **kwargs: object) -> dict:
+        self.reads += 1
+        out = self.outputs.pop(0) if len(self.outputs) > 1 else self.outputs[0]
+        if isinstance(out, Exception):
+            raise out
+        return {"Output": out}
+
+
+def test_bootstrap_failure_reads_the_consoles_failed_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    from phoenixci.pipeline import deploy as deploy_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(deploy_mod.time, "monotonic", lambda: clock[0])
+    denied = ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "GetConsoleOutput")
+    console = _Console(denied, "boot\nphoenixapp-bootstrap: fetching s3://b/k\n",
+                       "x\nphoenixapp-bootstrap: FAILED: phoenixapp.service keeps exiting (restarted 3 times)\n")
+    gave_up = deploy_mod.bootstrap_failure(console, "i-1", every=3.0)
+    assert gave_up() == ""            # unreadable: not a failure
+    assert gave_up() == "" and console.reads == 1   # read at most every 3 s
+    clock[0] += 3
+    assert gave_up() == ""            # no FAILED line yet
+    clock[0] += 3
+    assert gave_up() == "its bootstrap failed: phoenixapp.service keeps exiting (restarted 3 times)"
+    assert console.reads == 3
