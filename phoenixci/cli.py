@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the cloud keeps its state, env file and log [env PHOENIXCI_STATE_DIR]")
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--region", default="us-east-1", help="start: the region it serves (others are refused)")
+    p.add_argument("--package-proxy", action="store_true",
+                   help="start: instances reach this machine's package sources (apt, pip) through the gateway")
     p.set_defaults(func=_host("cloud:cmd_cloud"))
 
     envdir = argparse.ArgumentParser(add_help=False)

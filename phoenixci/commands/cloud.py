@@ -158,9 +158,13 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     if args.action == "start":
         console.print(f"starting the local cloud ({args.region}) on {state_dir} (the first start builds the "
                       "base image) ...")
-        ready = daemon.start(state_dir, region=args.region)
+        ready = daemon.start(state_dir, region=args.region, package_proxy=args.package_proxy)
         console.print(f"local cloud ready: region {ready['region']}, API {ready['endpoint_url']}, "
                       f"image {ready['image_id']}; source {ready['env_file']}")
+        if args.package_proxy:
+            names = (daemon.status(state_dir).get("package_proxy") or {}).get("names", [])
+            console.print(f"package path: instances resolve {', '.join(names)} to their gateway (HTTP cached, "
+                          "HTTPS passed through by name; nothing else resolves)", markup=False)
         return 0
     if args.action == "stop":
         swept = daemon.stop(state_dir)
@@ -179,6 +183,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
                   f"API {info.get('endpoint_url')}, image {info.get('image_id')}")
     if info.get("limits"):
         console.print(f"warning: {info['limits']}", markup=False)
+    if info.get("package_proxy"):
+        console.print(f"package path: {', '.join(info['package_proxy']['names'])}", markup=False)
     table = Table()
     for col in ("instance", "state", "private ip", "elastic ip", "boot phase", "error"):
         table.add_column(col, overflow="fold")

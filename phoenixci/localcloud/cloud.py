@@ -95,7 +95,7 @@ class LocalCloud:
     """Start with ``start()`` (or as a context manager), stop with ``stop()``."""
 
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, *, region: str = "us-east-1",
-                 api_port: int = 0, image_cache: Path | None = None) -> None:
+                 api_port: int = 0, image_cache: Path | None = None, package_proxy: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.region = check_region(region)
         self.api = ApiServer(port=api_port, region=region, tls_dir=self.state_dir / "tls")
@@ -111,6 +111,8 @@ class LocalCloud:
         self._net: Any = None                  # NetworkSync: security groups + Elastic IPs
         self._launches: Any = None             # launches.Launches: failed starts
         self.limits_note: str | None = None    # kernel limits still too low (limits.advice)
+        self.package_proxy = package_proxy
+        self._pkg: Any = None                  # pkgpath.PackagePath (--package-proxy) or None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> CloudInfo:
@@ -133,6 +135,10 @@ class LocalCloud:
         swept = self.runtime.sweep()
         if swept:
             log.warning("swept %d leftover(s) of an earlier run: %s", len(swept), ", ".join(swept))
+        if self.package_proxy:
+            from phoenixci.localcloud.pkgpath import PackagePath
+
+            self._pkg = PackagePath.from_host()
         self.image = build_image(self.image_cache) if self.image_cache else build_image()
         self.wheelhouse = fill_wheelhouse()
         self.api.start()
@@ -142,7 +148,8 @@ class LocalCloud:
             self._launches = Launches(self.runtime, self._ec2)
             self._serve_consoles()
             self._net = NetworkSync(read=self._read, ec2=self._ec2, running=self.runtime.list, links=CloudLinks(
-                self.runtime, self._bridges, self._imds, services={self.api.port, MIRROR_PORT})).start()
+                self.runtime, self._bridges, self._imds, services={self.api.port, MIRROR_PORT},
+                dns=self._pkg is not None)).start()
             self.reconciler = Reconciler(read=self._read, ensure_running=self._ensure_running,
                                          ensure_stopped=self.runtime.stop, ensure_gone=self.runtime.destroy,
                                          phase_of=self.runtime.boot_phase, apply_network=self._net.apply,
@@ -178,6 +185,8 @@ class LocalCloud:
             self._net = None
         for gateway in list(self._mirrors):
             self._mirrors.pop(gateway).stop()
+        if self._pkg is not None:
+            self._pkg.close()
         for gateway in list(self._imds):
             self._imds.pop(gateway).stop()
             with contextlib.suppress(PhoenixError):
@@ -216,6 +225,7 @@ class LocalCloud:
         return {"state_dir": str(self.state_dir), "endpoint_url": self.api.endpoint_url,
                 "http_endpoint_url": self.api.http_endpoint_url, "ca_bundle": self.api.ca_bundle,
                 "region": self.region, "image_id": self.image_id, "limits": self.limits_note,
+                "package_proxy": self._pkg.status() if self._pkg else None,
                 "subnets": self._subnets(), "instances": instances}
 
     def _subnets(self) -> dict[str, dict[str, str]]:
@@ -254,7 +264,7 @@ class LocalCloud:
         bridge = self._bridges.get(cidr)
         if bridge is None:
             refuse_overlap(cidr)
-            bridge = self.runtime.ensure_bridge(cidr)
+            bridge = self.runtime.ensure_bridge(cidr, self._pkg.names if self._pkg else ())
             self._bridges[cidr] = bridge
             self.api.listen_on(bridge.gateway_ip)
             self._net.forwarding.allow_network(cidr)
@@ -262,6 +272,8 @@ class LocalCloud:
             assert self.wheelhouse is not None
             self._mirrors[bridge.gateway_ip] = MirrorServer(self.wheelhouse, host=bridge.gateway_ip,
                                                             port=MIRROR_PORT).start()
+            if self._pkg is not None:
+                self._pkg.serve(bridge.gateway_ip)
             self._publish_subnets()
         return bridge
 
@@ -287,5 +299,6 @@ class LocalCloud:
                             hostname="ip-" + view.private_ip.replace(".", "-"),
                             imds_port=self._imds[bridge.gateway_ip].port, bridge=bridge.name)
         layer = ensure_layer(self.state_dir / "layers", self.image.rootfs,  # the API's CA and address
-                             f"https://{bridge.gateway_ip}:{self.api.port}", self.api.tls.ca.pem)
+                             f"https://{bridge.gateway_ip}:{self.api.port}", self.api.tls.ca.pem,
+                             self._pkg.layer_files(bridge.gateway_ip) if self._pkg else None)
         self._launches.start(spec, self.image, layers=[layer])  # runtime.start (+ a test-only hook)

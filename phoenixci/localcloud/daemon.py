@@ -65,7 +65,7 @@ def running_pid(state_dir: Path) -> int | None:
 
 
 def start(state_dir: Path = DEFAULT_STATE_DIR, *, region: str = DEFAULT_REGION,
-          timeout: float = START_TIMEOUT) -> dict[str, Any]:
+          timeout: float = START_TIMEOUT, package_proxy: bool = False) -> dict[str, Any]:
     """Start the daemon in the background and return its ready info once it answers
     (its status.json is complete by then)."""
     state_dir = Path(state_dir).resolve()
@@ -79,7 +79,8 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, *, region: str = DEFAULT_REGION,
         (state_dir / name).unlink(missing_ok=True)
     log_file = (state_dir / "cloud.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "phoenixci.localcloud.daemon", "run", "--state-dir",
-                             str(state_dir), "--region", region], stdin=subprocess.DEVNULL, stdout=log_file,
+                             str(state_dir), "--region", region, *(["--package-proxy"] if package_proxy else [])],
+                            stdin=subprocess.DEVNULL, stdout=log_file,
                             stderr=log_file, start_new_session=True)
     log_file.close()
     deadline = time.monotonic() + timeout
@@ -151,7 +152,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = STOP_TIMEOUT) 
     return list(swept)
 
 
-def run(state_dir: Path, region: str = DEFAULT_REGION) -> int:
+def run(state_dir: Path, region: str = DEFAULT_REGION, package_proxy: bool = False) -> int:
     """The daemon's main: hold the lock, run the cloud, write status, stop on SIGTERM."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,7 @@ def run(state_dir: Path, region: str = DEFAULT_REGION) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    cloud = LocalCloud(state_dir, region=region)  # the region was checked by start()
+    cloud = LocalCloud(state_dir, region=region, package_proxy=package_proxy)  # the region was checked by start()
     try:
         info = cloud.start()
     except Exception as e:  # noqa: BLE001 - reported in the log the CLI shows
@@ -205,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--region", default=DEFAULT_REGION)
+    parser.add_argument("--package-proxy", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("moto").setLevel(logging.ERROR)
-    return run(args.state_dir, args.region)
+    return run(args.state_dir, args.region, args.package_proxy)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ an address names its instance:
   * forward (instance → instance): the sender's egress, then the receiver's ingress;
   * input (instance → host, which stands for the internet: API, mirror): the sender's
     internet-facing egress, the gateway's service ports counting as HTTPS (443), the endpoints
-    they stand for; the metadata service and DHCP pass regardless, as on AWS;
+    they stand for; the metadata service, DHCP and DNS on the gateway pass regardless, as on AWS;
   * output (host → instance: Elastic IP forwarders, SSH from the host): internet-facing ingress;
   * established and related packets pass both ways; invalid ones between instances are dropped;
   * prerouting nat: 169.254.169.254:80 arriving from a bridge → that gateway's IMDS port.
@@ -59,11 +59,13 @@ _ID = re.compile(r"^[A-Za-z0-9-]{1,40}$")
 
 @dataclass(frozen=True)
 class Subnet:
-    """One bridge: its name, its gateway (the host) and the IMDS port there (None: not yet)."""
+    """One bridge: its name, its gateway (the host), the IMDS port there (None: not yet) and whether
+    the gateway answers DNS (the package path of ``cloud start --package-proxy``)."""
 
     bridge: str
     gateway: str
     imds_port: int | None = None
+    dns: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,9 +181,15 @@ def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port], me
     known = f"    ip saddr != {{ {', '.join(sorted(ips))} }} drop" if ips else "    drop"
     lines = [f"table ip {table_name(tag)} {{",
              "  chain imds {", "    type nat hook prerouting priority dstnat; policy accept;"]
+    dns_in, dns_out = [], []  # Amazon DNS: neither groups nor ACLs filter it (answered only with --package-proxy)
     for s in subnets:
         if not _IFNAME.match(s.bridge):
             raise SecurityGroupError(f"bad bridge name {s.bridge!r}")
+        if s.dns:
+            dns_in.append(f'    iifname "{s.bridge}" ip daddr {_ip(s.gateway)} meta l4proto {{ tcp, udp }} '
+                          f"th dport 53 accept {label('Amazon DNS')}")
+            dns_out.append(f'    oifname "{s.bridge}" ip saddr {_ip(s.gateway)} meta l4proto {{ tcp, udp }} '
+                           f"th sport 53 accept {label('Amazon DNS')}")
         if s.imds_port:
             lines.append(f'    iifname "{s.bridge}" ip daddr {IMDS_ADDRESS} tcp dport 80 '
                          f"dnat to {_ip(s.gateway)}:{int(s.imds_port)}")
@@ -198,13 +206,13 @@ def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port], me
               *_vmap("ip saddr", {ip: _chain(p, "out") for ip, p in ips.items()}),
               *_vmap("ip daddr", {ip: _chain(p, "in") for ip, p in ips.items()}),
               "    drop", "  }",
-              "  chain to_host {", *heads["to_host"], "    ct state established,related accept",
+              "  chain to_host {", *dns_in, *heads["to_host"], "    ct state established,related accept",
               "    ct state invalid drop",
               f"    ct status dnat ct original ip daddr {IMDS_ADDRESS} accept {label('the IMDS')}",
               f"    udp sport 68 udp dport 67 accept {label('DHCP')}",
               *_vmap("ip saddr", {ip: _chain(p, "to_host") for ip, p in ips.items()}),
               "    drop", "  }",
-              "  chain from_host {", *heads["from_host"], "    ct state established,related accept",
+              "  chain from_host {", *dns_out, *heads["from_host"], "    ct state established,related accept",
               f"    udp sport 67 udp dport 68 accept {label('DHCP')}",
               *_vmap("ip daddr", {ip: _chain(p, "from_host") for ip, p in ips.items()}),
               "    drop", "  }"]
@@ -270,13 +278,13 @@ class CloudLinks:
     veth names, bridges by subnet CIDR, IMDS servers by gateway, and the gateway's service ports."""
 
     def __init__(self, runtime: Any, bridges: Mapping[str, Any], imds: Mapping[str, Any],
-                 services: Iterable[int | None]) -> None:
+                 services: Iterable[int | None], *, dns: bool = False) -> None:
         self.tag, self.veth = str(runtime.tag), runtime.veth
-        self._bridges, self._imds = bridges, imds
+        self._bridges, self._imds, self.dns = bridges, imds, dns
         self.services = frozenset(p for p in services if p)
 
     def subnets(self) -> dict[str, Subnet]:
-        return {cidr: Subnet(b.name, b.gateway_ip, getattr(self._imds.get(b.gateway_ip), "port", None))
+        return {cidr: Subnet(b.name, b.gateway_ip, getattr(self._imds.get(b.gateway_ip), "port", None), self.dns)
                 for cidr, b in list(self._bridges.items())}
 
     def render(self, snap: Snapshot, present: Iterable[str] = ()) -> str:

@@ -17,6 +17,9 @@ image's root, below the instance's own upper dir) holding:
   service and needs the API is given both explicitly (the CI agent's pipeline.env, the app
   server's bootstrap), and a build's test unit sees no AWS_ variable at all.
 
+With the package path (``cloud start --package-proxy``) the layer also holds what pkgpath adds
+(``extra``: /etc/resolv.conf naming the gateway; the host's own CAs and pip's trust in them).
+
 Layers are named by the hash of their content, so a layer in use is never rewritten.
 """
 from __future__ import annotations
@@ -25,17 +28,18 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 #: where AWS_CA_BUNDLE points inside an instance: the system store cloud-init adds the CA to
 INSTANCE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def layer_files(endpoint_url: str, ca_pem: str) -> dict[str, str]:
-    """Path inside the instance → content."""
+def layer_files(endpoint_url: str, ca_pem: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Path inside the instance → content (``extra``: more files, relative paths)."""
     env = {"AWS_ENDPOINT_URL": endpoint_url, "AWS_CA_BUNDLE": INSTANCE_CA_BUNDLE}
     cert = "".join(f"    {line}\n" for line in ca_pem.strip().splitlines())
-    return {
+    return {**(extra or {}),
         "etc/cloud/cloud.cfg.d/91_phoenixci_api.cfg":
             "# phoenixci local cloud: trust the CA of its AWS API (cloud-init adds it to the system store)\n"
             f"ca_certs:\n  trusted:\n  - |\n{cert}",
@@ -44,10 +48,11 @@ def layer_files(endpoint_url: str, ca_pem: str) -> dict[str, str]:
     }
 
 
-def ensure_layer(layers_dir: Path, image_root: Path, endpoint_url: str, ca_pem: str) -> Path:
+def ensure_layer(layers_dir: Path, image_root: Path, endpoint_url: str, ca_pem: str,
+                 extra: Mapping[str, str] | None = None) -> Path:
     """The layer for ``endpoint_url`` under ``layers_dir`` (made once; its directories carry the
     image's owners and modes, since an upper overlay layer's directory attributes win)."""
-    files = layer_files(endpoint_url, ca_pem)
+    files = layer_files(endpoint_url, ca_pem, extra)
     digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:16]
     layer = layers_dir / digest
     if layer.is_dir():

@@ -154,10 +154,12 @@ def plumb_instance(netns: str, host_veth: str, bridge: str, mac: str, ip: str, p
 
 
 class Dnsmasq:
-    """One dnsmasq per bridge: DHCP only (no DNS, no router), static leases from a hosts file."""
+    """One dnsmasq per bridge: DHCP (static leases from a hosts file, no router) and, only when
+    ``dns_names`` are given (the package path), DNS on the gateway that answers those names with
+    the gateway's address and refuses every other (no upstream: nothing else resolves)."""
 
-    def __init__(self, bridge: str, cidr: str, state: Path) -> None:
-        self.bridge, self.cidr, self.state = bridge, cidr, state
+    def __init__(self, bridge: str, cidr: str, state: Path, dns_names: tuple[str, ...] = ()) -> None:
+        self.bridge, self.cidr, self.state, self.dns_names = bridge, cidr, state, tuple(sorted(dns_names))
         self.hosts = state / "dhcp-hosts"
         self.pidfile = state / "dnsmasq.pid"
 
@@ -175,10 +177,14 @@ class Dnsmasq:
         self.state.mkdir(parents=True, exist_ok=True)
         self.hosts.touch()
         net = ipaddress.ip_network(self.cidr)
+        gateway = str(next(net.hosts()))
+        dns = [f"--address=/{name}/{gateway}" for name in self.dns_names]
         argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--port=0", "--user=root", f"--interface={self.bridge}", "--bind-interfaces", "--except-interface=lo",
+                "--port=53" if dns else "--port=0", *dns, "--user=root", f"--interface={self.bridge}",
+                "--bind-interfaces", "--except-interface=lo",
                 f"--dhcp-range={net.network_address},static,{net.netmask},12h",
-                f"--dhcp-hostsfile={self.hosts}", "--dhcp-option=3", "--dhcp-option=6",
+                f"--dhcp-hostsfile={self.hosts}", "--dhcp-option=3",
+                f"--dhcp-option=6,{gateway}" if dns else "--dhcp-option=6",
                 f"--dhcp-leasefile={self.state / 'leases'}", "--dhcp-authoritative",
                 f"--pid-file={self.pidfile}", f"--log-facility={self.state / 'dnsmasq.log'}"]
 
@@ -187,7 +193,8 @@ class Dnsmasq:
 
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, preexec_fn=join_cgroup, start_new_session=True)
-        log.info("dnsmasq (DHCP only) on %s", self.bridge)
+        log.info("dnsmasq (DHCP%s) on %s", f", DNS for {len(dns)} package source name(s)" if dns else " only",
+                 self.bridge)
 
     def set_host(self, mac: str, ip: str | None) -> None:
         """Add (ip given) or remove (ip None) the static lease for ``mac`` and reload."""

@@ -97,14 +97,15 @@ class Runtime:
     def bridge_name(self, subnet_cidr: str) -> str:
         return f"{self.tag}b{_h(subnet_cidr, 5)}"
 
-    def _dnsmasq(self, bridge: str, cidr: str) -> netlink.Dnsmasq:
-        return netlink.Dnsmasq(bridge, cidr, self.state_dir / "bridges" / bridge)
+    def _dnsmasq(self, bridge: str, cidr: str, dns_names: tuple[str, ...] = ()) -> netlink.Dnsmasq:
+        return netlink.Dnsmasq(bridge, cidr, self.state_dir / "bridges" / bridge, dns_names)
 
     def _dns_cgroup(self, bridge: str) -> Path:
         return cgroups.root() / f"{self.tag}-d{bridge[len(self.tag) + 1:]}"
 
     # ---- bridges -----------------------------------------------------------------------------
-    def ensure_bridge(self, subnet_cidr: str) -> Bridge:
+    def ensure_bridge(self, subnet_cidr: str, dns_names: tuple[str, ...] = ()) -> Bridge:
+        """The subnet's bridge, gateway and dnsmasq (DNS for ``dns_names`` only: see netlink.Dnsmasq)."""
         name = self.bridge_name(subnet_cidr)
         netlink.host_firewall(self.table, self.tag)
         gateway = netlink.ensure_bridge(name, subnet_cidr)
@@ -113,7 +114,7 @@ class Runtime:
         bridge = Bridge(name=name, gateway_ip=gateway, cidr=subnet_cidr)
         (bdir / "bridge.json").write_text(json.dumps(asdict(bridge)))
         cg = cgroups.create(self._dns_cgroup(name).name)
-        self._dnsmasq(name, subnet_cidr).start(cg / "cgroup.procs")
+        self._dnsmasq(name, subnet_cidr, dns_names).start(cg / "cgroup.procs")
         return bridge
 
     def bridges(self) -> list[Bridge]:

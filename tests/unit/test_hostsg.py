@@ -22,7 +22,7 @@ DB = SecurityGroup("sg-db", [Rule("tcp", 5432, 5432, [], ["sg-web"])],
 A = Port("i-0a", "phxabcv0000000a", "02:42:0A:00:00:05", "10.0.0.5", (WEB,))
 B = Port("i-0b", "phxabcv0000000b", "02:42:0a:00:00:06", "10.0.0.6", (DB,))
 MEMBERS = {"sg-web": {"10.0.0.5"}, "sg-db": {"10.0.0.6"}}
-SUBNET = Subnet("phxabcb12345", "10.0.0.1", 4567)
+SUBNET = Subnet("phxabcb12345", "10.0.0.1", 4567, dns=True)
 
 
 def chain(text: str, name: str) -> list[str]:
@@ -62,8 +62,15 @@ def test_groups_by_address_stateful() -> None:
         "ip saddr vmap { 10.0.0.5 : jump i_0a_out, 10.0.0.6 : jump i_0b_out }",
         "ip daddr vmap { 10.0.0.5 : jump i_0a_in, 10.0.0.6 : jump i_0b_in }", "drop"]
     to_host = chain(text, "to_host")
-    assert to_host[2].startswith("ct status dnat ct original ip daddr 169.254.169.254 accept")
-    assert to_host[3].startswith("udp sport 68 udp dport 67 accept")
+    # Amazon DNS on the gateway passes whatever the groups say (dnsmasq answers it only with --package-proxy)
+    assert to_host[0] == ('iifname "phxabcb12345" ip daddr 10.0.0.1 meta l4proto { tcp, udp } th dport 53 '
+                          'accept comment "Amazon DNS"')
+    assert chain(text, "from_host")[0] == ('oifname "phxabcb12345" ip saddr 10.0.0.1 meta l4proto { tcp, udp } '
+                                           'th sport 53 accept comment "Amazon DNS"')
+    without = render_groups("phxabc", [Subnet("phxabcb12345", "10.0.0.1", 4567)], [A, B], MEMBERS)
+    assert "Amazon DNS" not in without  # no package path: no DNS rule either
+    assert to_host[3].startswith("ct status dnat ct original ip daddr 169.254.169.254 accept")
+    assert to_host[4].startswith("udp sport 68 udp dport 67 accept")
     # egress: to instances (return: the receiver's ingress decides next), to the host (internet)
     assert chain(text, "i_0a_out") == ['ip daddr { 0.0.0.0/0 } return comment "sg-web"', "drop"]
     assert chain(text, "i_0b_out") == ['ip daddr { 0.0.0.0/0 } tcp dport 443 return comment "sg-db"',

@@ -161,3 +161,18 @@ def test_a_call_for_another_region_is_refused(cloud: Cloud, call: tuple[str, ...
     assert f"this local cloud serves {REGION} only" in proc.stderr
     assert "phoenixci cloud start --region us-west-2" in proc.stderr
     assert cloud.aws("--region", "us-east-1", "iam", "get-user")["User"]["UserName"]  # IAM is global
+
+
+def test_without_the_package_proxy_nothing_resolves(cloud: Cloud, net: Network, booted: tuple[str, str, Any]) -> None:
+    """`cloud start` without --package-proxy: no DNS, nothing on the gateway's ports 53, 80 and 443."""
+    from phoenixci.localcloud import pkgsources
+
+    _, _, host = booted
+    gateway = cloud.subnet_info(net.cidr)["gateway"]
+    sources = pkgsources.read_sources()
+    for name in sorted(sources.http | sources.https)[:2]:
+        assert remote(host, f"getent hosts {name}", timeout=15).rc != 0
+    assert not host.file("/etc/resolv.conf").contains(gateway)
+    for port in (80, 443):
+        assert remote(host, f"curl -s -m 5 -o /dev/null http://{gateway}:{port}/", timeout=15).rc != 0
+    assert cloud.status()["package_proxy"] is None
