@@ -68,6 +68,7 @@ class Snapshot:
 def snapshot(ec2: Any) -> Snapshot:
     """Read moto's EC2 backend into plain values (retried by the caller on concurrent change)."""
     instances: dict[str, InstanceView] = {}
+    auto: dict[str, str] = {}  # auto-assigned public address → instance (patches/auto_public_ip)
     for reservation in list(ec2.reservations.values()):
         for inst in list(reservation.instances):
             if not inst.subnet_id or not inst.private_ip:
@@ -78,12 +79,15 @@ def snapshot(ec2: Any) -> Snapshot:
                 cidr = ""      # a terminated instance can be left like that; it is destroyed
             nic = inst.nics.get(0) if hasattr(inst, "nics") else None
             mac = getattr(nic, "mac_address", None) or _mac_for(inst.private_ip)
+            public = getattr(nic, "public_ip", None)
+            if public:
+                auto[public] = inst.id
             instances[inst.id] = InstanceView(
                 instance_id=inst.id, state=inst.state, private_ip=inst.private_ip,
                 subnet_id=inst.subnet_id, subnet_cidr=cidr, mac=mac,
                 group_ids=tuple(sorted(g.id for g in inst.security_groups)))
-    addresses = {a.public_ip: a.instance.id for a in list(ec2.addresses)
-                 if a.instance is not None and a.instance.id in instances}
+    addresses = {**auto, **{a.public_ip: a.instance.id for a in list(ec2.addresses)
+                            if a.instance is not None and a.instance.id in instances}}
     groups = {gid: ec2.get_security_group_from_id(gid)
               for view in instances.values() for gid in view.group_ids}
     acls = read_nacls(ec2, {v.subnet_id: v.subnet_cidr for v in instances.values() if v.subnet_cidr})

@@ -124,9 +124,6 @@ def test_the_network_is_as_described(deployed: Deployed) -> None:
             for p in group["IpPermissions"]} == {("tcp", 80, 80, ("0.0.0.0/0",)), ("tcp", 22, 22, ("0.0.0.0/0",))}
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: MapPublicIpOnLaunch is not applied (moto ignores it in "
-                   "CloudFormation, and the local cloud has no auto-assigned public addresses: only Elastic IPs "
-                   "are reachable from the host)")
 def test_the_subnet_maps_public_addresses_on_launch(deployed: Deployed) -> None:
     [subnet] = deployed.client("ec2").describe_subnets(SubnetIds=[deployed.resources["PublicSubnet"]])["Subnets"]
     assert subnet["MapPublicIpOnLaunch"] is True

@@ -43,6 +43,7 @@ _MODULES = (
     "phoenixci.localcloud.patches.request_conditions",  # identity-policy conditions, tag-on-create
     "phoenixci.localcloud.patches.cfn_caller",  # after cfn_rollback and cfn_delete, which it relies on
     "phoenixci.localcloud.patches.eip_semantics",
+    "phoenixci.localcloud.patches.auto_public_ip",  # after eip_semantics, whose pool it shares
     "phoenixci.localcloud.patches.eip_events",  # after eip_semantics: a move is one outermost call
     "phoenixci.localcloud.patches.console_output",
     "phoenixci.localcloud.patches.availability_zones",

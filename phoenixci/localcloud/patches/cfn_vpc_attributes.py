@@ -1,13 +1,16 @@
-"""CloudFormation VPCs get the DNS attributes their template gives.
+"""CloudFormation VPCs get the DNS attributes their template gives, subnets ``MapPublicIpOnLaunch``.
 
 AWS behaviour restored (AWS::EC2::VPC, properties EnableDnsSupport — default true — and
 EnableDnsHostnames — default false): DescribeVpcAttribute answers what the template said.
 moto 5.2.5's ``VPC.create_from_cloudformation_json`` reads only CidrBlock, InstanceTenancy and
 Tags, so a template enabling DNS hostnames (most workshop VPCs do) described a VPC without them.
-(The local cloud serves no DNS to instances either way: the attributes are what the API shows.)
+(The attributes are what the API shows; the local cloud's DNS answers package sources only.)
+Likewise ``AWS::EC2::Subnet``'s ``MapPublicIpOnLaunch`` (default false) was dropped, so a public
+subnet's instances got no public address; they now get one (auto_public_ip: from the local pool).
 
-Hook: ``moto.ec2.models.vpcs.VPC.create_from_cloudformation_json`` (wrapped), applying the
-properties with ``modify_vpc_attribute`` as ModifyVpcAttribute would.
+Hooks: ``moto.ec2.models.vpcs.VPC.create_from_cloudformation_json`` and
+``moto.ec2.models.subnets.Subnet.create_from_cloudformation_json`` (wrapped), applying the
+properties with ``modify_vpc_attribute`` / ``modify_subnet_attribute`` as the API calls would.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ def check() -> None:
 
     require(VPC, "create_from_cloudformation_json")
     require(VPCBackend, "modify_vpc_attribute")
+    from moto.ec2.models.subnets import Subnet, SubnetBackend
+
+    require(Subnet, "create_from_cloudformation_json")
+    require(SubnetBackend, "modify_subnet_attribute")
 
 
 def install() -> None:
@@ -54,7 +61,31 @@ def install() -> None:
         return vpc
 
     replace(VPC, "create_from_cloudformation_json", classmethod(mark(create_from_cloudformation_json)))
-    log.debug("CloudFormation VPC DNS attributes installed")
+    _install_subnet()
+    log.debug("CloudFormation VPC DNS attributes and subnet MapPublicIpOnLaunch installed")
+
+
+def _install_subnet() -> None:
+    from moto.ec2.models.subnets import Subnet
+
+    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
+
+    original = Subnet.__dict__["create_from_cloudformation_json"].__func__
+    if is_patched(original):
+        return
+
+    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: Any,
+                                        account_id: str, region_name: str, **kwargs: Any) -> Any:
+        from moto.ec2.models import ec2_backends
+
+        subnet = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        props = cloudformation_json.get("Properties") or {}
+        if "MapPublicIpOnLaunch" in props:
+            backend: Any = ec2_backends[account_id][region_name]
+            backend.modify_subnet_attribute(subnet.id, "map_public_ip_on_launch", _bool(props["MapPublicIpOnLaunch"]))
+        return subnet
+
+    replace(Subnet, "create_from_cloudformation_json", classmethod(mark(create_from_cloudformation_json)))
 
 
 __all__ = ["ATTRIBUTES", "check", "install"]

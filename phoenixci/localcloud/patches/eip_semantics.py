@@ -72,7 +72,9 @@ def _allocate_address(original: Any) -> Any:
         if address:
             return original(self, domain, address=address, tags=tags)
         with _lock:  # pick and record atomically, so concurrent allocations differ
-            return original(self, domain, address=unique_address(), tags=tags)
+            from phoenixci.localcloud.patches.auto_public_ip import nic_addresses
+
+            return original(self, domain, address=unique_address(set(nic_addresses())), tags=tags)
 
     return allocate_address
 

@@ -176,3 +176,28 @@ def test_without_the_package_proxy_nothing_resolves(cloud: Cloud, net: Network, 
     for port in (80, 443):
         assert remote(host, f"curl -s -m 5 -o /dev/null http://{gateway}:{port}/", timeout=15).rc != 0
     assert cloud.status()["package_proxy"] is None
+
+
+def test_a_public_subnet_gives_its_instances_a_reachable_public_address(cloud: Cloud, net: Network) -> None:
+    """MapPublicIpOnLaunch: the public address comes from the local pool (never AWS's ranges) and
+    answers on the ports the instance's groups open, like an Elastic IP."""
+    import ipaddress
+
+    from cloudkit import port_open
+
+    cloud.aws("ec2", "modify-subnet-attribute", "--subnet-id", net.subnet_id, "--map-public-ip-on-launch")
+    iid = ""
+    try:
+        iid = run_instance(cloud, net, "#!/bin/bash\ntrue\n")["InstanceId"]
+        inst = cloud.aws("ec2", "describe-instances", "--instance-ids", iid)["Reservations"][0]["Instances"][0]
+        public = ipaddress.ip_address(inst["PublicIpAddress"])
+        assert public in ipaddress.ip_network("127.0.0.0/8") and public not in ipaddress.ip_network("127.0.0.0/24")
+        host = ssh_host(cloud, iid, str(public), net.key_file)  # port 22 is open in the group
+        assert host.check_output("hostname") == "ip-" + inst["PrivateIpAddress"].replace(".", "-")
+        terminate(cloud, iid)
+        wait_until(lambda: not port_open(str(public), 22), timeout=30, interval=0.2,
+                   what=f"{public} to stop answering once {iid} is gone")
+    finally:
+        if iid:
+            terminate(cloud, iid)
+        cloud.aws("ec2", "modify-subnet-attribute", "--subnet-id", net.subnet_id, "--no-map-public-ip-on-launch")
