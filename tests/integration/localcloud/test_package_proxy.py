@@ -108,3 +108,32 @@ def test_nothing_else_resolves_or_passes(cloud: Cloud, net: Network, installer: 
                     timeout=20)
     assert tunnel.rc != 0, tunnel  # reset at the ClientHello: the proxy opened nothing
     assert remote(host, "ip route show default").stdout.strip() == "", "an instance has a default route"
+
+
+def test_security_groups_apply_to_the_package_path(cloud: Cloud, net: Network) -> None:
+    """A group without egress reaches no package source (DNS on the gateway still answers, as Amazon DNS)."""
+    import json
+
+    from cloudkit import unique
+
+    group = cloud.aws("ec2", "create-security-group", "--group-name", unique("closed"), "--description", "no egress",
+                      "--vpc-id", net.vpc_id)["GroupId"]
+    cloud.aws("ec2", "authorize-security-group-ingress", "--group-id", group, "--ip-permissions", json.dumps(
+        [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]))
+    cloud.aws("ec2", "revoke-security-group-egress", "--group-id", group, "--ip-permissions", json.dumps(
+        [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]))
+    inst = cloud.aws("ec2", "run-instances", "--image-id", cloud.image_id, "--count", "1", "--instance-type",
+                     "t3.micro", "--key-name", net.key_name, "--subnet-id", net.subnet_id,
+                     "--security-group-ids", group)["Instances"][0]
+    iid = inst["InstanceId"]
+    try:
+        host = ssh_host(cloud, iid, inst["PrivateIpAddress"], net.key_file)
+        gateway = cloud.subnet_info(net.cidr)["gateway"]
+        sources = pkgsources.read_sources()
+        name = sorted(sources.http)[0] if sources.http else sorted(sources.https)[0]
+        assert remote(host, f"getent hosts {name}").stdout.split()[0] == gateway
+        scheme = "http" if sources.http else "https"
+        blocked = remote(host, f"curl -s -m 4 -o /dev/null -w '%{{http_code}}' {scheme}://{name}/", timeout=15)
+        assert blocked.rc != 0 and blocked.stdout in ("", "000"), blocked
+    finally:
+        terminate(cloud, iid)
