@@ -228,7 +228,8 @@ sys.exit("this release refuses to serve")
 
 
 def test_a_release_that_never_becomes_healthy_fails_at_deploy(phoenix_ci: EnvState, phoenix_repo: AppRepo,
-                                                             push_commit: Any, phoenix_backend: Any) -> None:
+                                                             push_commit: Any, phoenix_backend: Any,
+                                                             phoenix_release: Release) -> None:
     cfn = phoenix_backend.client("cloudformation")
     good, holder = live(phoenix_ci), chain.app_holder(phoenix_backend, phoenix_ci)
     release = push_commit({"phoenixapp/__main__.py": NEVER_HEALTHY}, "never healthy")
@@ -253,7 +254,8 @@ def test_a_push_to_another_branch_is_refused(phoenix_ci: EnvState, phoenix_repo:
     phoenix_repo.git("reset", "-q", "--hard", "HEAD~1")
 
 
-def test_rollback_is_one_command(phoenix_ci: EnvState, phoenix_repo: AppRepo, phoenix_cli: Any) -> None:
+def test_rollback_is_one_command(phoenix_ci: EnvState, phoenix_repo: AppRepo, phoenix_cli: Any,
+                                 phoenix_release: Release) -> None:
     first = phoenix_repo.git("rev-list", "--max-parents=0", "HEAD").stdout.strip()
     current = live(phoenix_ci)
     phoenix_cli("deploy", "--revision", first)
