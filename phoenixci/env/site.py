@@ -28,6 +28,11 @@ REPO_PATH = "/srv/git/app.git"
 #: a loaded machine), EC2 in ~1-2 min
 LOCAL_HEALTH_TIMEOUT = 30
 AWS_HEALTH_TIMEOUT = 600
+#: seconds the old app server keeps its open connections after the address moved (the deploy's
+#: drain): on the local cloud the address moves before AssociateAddress answers and a request
+#: takes milliseconds; on AWS the association spreads for seconds (an ELB deregistration delay)
+LOCAL_DRAIN = 1.0
+AWS_DRAIN = 5.0
 
 
 def health_timeout(state: EnvState) -> float:
@@ -35,6 +40,11 @@ def health_timeout(state: EnvState) -> float:
     if state.health_timeout:
         return state.health_timeout
     return LOCAL_HEALTH_TIMEOUT if state.backend.startswith("moto:") else AWS_HEALTH_TIMEOUT
+
+
+def drain(state: EnvState) -> float:
+    """The pipeline deploy's drain for this environment's backend."""
+    return LOCAL_DRAIN if state.backend.startswith("moto:") else AWS_DRAIN
 
 
 def import_key(ec2: Any, state: EnvState) -> None:
@@ -111,6 +121,7 @@ def playbook_vars(state: EnvState, backend: Backend, wheel: Path) -> dict[str, A
         "ci_server_private_ip": server.private_ip,
         "ci_buildbot_url": state.ci_url,
         "phoenixci_health_timeout": health_timeout(state),
+        "phoenixci_drain": drain(state),
     }
 
 
