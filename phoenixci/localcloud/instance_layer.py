@@ -4,12 +4,12 @@ On AWS an instance needs neither; here the API is the subnet gateway's HTTPS end
 cloud's own CA, so every instance of a subnet boots with one read-only overlay layer (above the
 image's root, below the instance's own upper dir) holding:
 
-- ``/etc/cloud/cloud.cfg.d/91_phoenixci_api.cfg``: cloud-init's ``ca_certs`` with the CA, so
-  cloud-init puts it into the system store (``update-ca-certificates`` →
-  ``/etc/ssl/certs/ca-certificates.crt``) before user data runs. User data that sets its own
-  ``ca_certs`` replaces this config (cloud-init merges user data over system config), so the CA
-  is also ``/usr/local/share/ca-certificates/phoenixci-local-cloud.crt``, which every
-  ``update-ca-certificates`` run adds (that one included);
+- the CA in the system store as ``update-ca-certificates`` would leave it, built once per layer
+  instead of at every boot (cloud-init's ``ca_certs`` did that and cost 1.1 s before SSH):
+  ``/usr/local/share/ca-certificates/phoenixci-local-cloud.crt`` (which every later
+  ``update-ca-certificates`` run adds again — user data with its own ``ca_certs`` included), the
+  image's ``/etc/ssl/certs/ca-certificates.crt`` with the CA appended, and its
+  ``/etc/ssl/certs/<name>.pem`` and ``<subject hash>.0`` entries;
 - ``/etc/environment`` (every login: pam_env for ssh, sudo, su): ``AWS_ENDPOINT_URL`` (the
   gateway's API) and ``AWS_CA_BUNDLE`` (the system store: boto3 and the aws CLI from pip read only
   their own bundle, not the system's). Those two variables are the only local difference an
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,24 +36,44 @@ from pathlib import Path
 INSTANCE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def layer_files(endpoint_url: str, ca_pem: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Path inside the instance → content (``extra``: more files, relative paths)."""
+LOCAL_CAS = "usr/local/share/ca-certificates/"
+
+
+def layer_files(endpoint_url: str, ca_pem: str, extra: Mapping[str, str] | None = None,
+                image_bundle: str = "") -> dict[str, str]:
+    """Path inside the instance → content (``extra``: more files, relative paths; ``image_bundle``:
+    the image's /etc/ssl/certs/ca-certificates.crt, which gets every local CA appended)."""
     env = {"AWS_ENDPOINT_URL": endpoint_url, "AWS_CA_BUNDLE": INSTANCE_CA_BUNDLE}
-    cert = "".join(f"    {line}\n" for line in ca_pem.strip().splitlines())
-    return {**(extra or {}),
-        "etc/cloud/cloud.cfg.d/91_phoenixci_api.cfg":
-            "# phoenixci local cloud: trust the CA of its AWS API (cloud-init adds it to the system store)\n"
-            f"ca_certs:\n  trusted:\n  - |\n{cert}",
-        "usr/local/share/ca-certificates/phoenixci-local-cloud.crt": ca_pem.strip() + "\n",
-        "etc/environment": "".join(f"{k}={v}\n" for k, v in env.items()),
-    }
+    files = {**(extra or {}), f"{LOCAL_CAS}phoenixci-local-cloud.crt": ca_pem.strip() + "\n",
+             "etc/environment": "".join(f"{k}={v}\n" for k, v in env.items())}
+    local = {rel: pem for rel, pem in sorted(files.items()) if rel.startswith(LOCAL_CAS) and rel.endswith(".crt")}
+    files[INSTANCE_CA_BUNDLE.lstrip("/")] = image_bundle + "".join(local.values())
+    for rel, pem in local.items():
+        name = Path(rel).stem
+        files[f"etc/ssl/certs/{name}.pem"] = pem
+        digest = subject_hash(pem)
+        if digest:
+            files[f"etc/ssl/certs/{digest}.0"] = pem
+    return files
+
+
+def subject_hash(pem: str) -> str:
+    """OpenSSL's subject hash of ``pem`` (the name of its entry in a CApath directory), "" if unknown."""
+    try:
+        done = subprocess.run(["openssl", "x509", "-subject_hash", "-noout"], input=pem, capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    out = done.stdout.strip()
+    return out if done.returncode == 0 and len(out) == 8 else ""
 
 
 def ensure_layer(layers_dir: Path, image_root: Path, endpoint_url: str, ca_pem: str,
                  extra: Mapping[str, str] | None = None) -> Path:
     """The layer for ``endpoint_url`` under ``layers_dir`` (made once; its directories carry the
     image's owners and modes, since an upper overlay layer's directory attributes win)."""
-    files = layer_files(endpoint_url, ca_pem, extra)
+    bundle = image_root / INSTANCE_CA_BUNDLE.lstrip("/")
+    files = layer_files(endpoint_url, ca_pem, extra, bundle.read_text() if bundle.is_file() else "")
     digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:16]
     layer = layers_dir / digest
     if layer.is_dir():
