@@ -15,6 +15,7 @@ properties with ``modify_vpc_attribute`` / ``modify_subnet_attribute`` as the AP
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -39,53 +40,43 @@ def check() -> None:
     require(SubnetBackend, "modify_subnet_attribute")
 
 
+def _vpc_attributes(backend: Any, vpc: Any, props: dict[str, Any]) -> None:
+    for prop, attr in ATTRIBUTES.items():  # the backend stores the value as given (a bool)
+        if prop in props:
+            backend.modify_vpc_attribute(vpc.id, attr, _bool(props[prop]))
+
+
+def _subnet_attributes(backend: Any, subnet: Any, props: dict[str, Any]) -> None:
+    if "MapPublicIpOnLaunch" in props:
+        backend.modify_subnet_attribute(subnet.id, "map_public_ip_on_launch", _bool(props["MapPublicIpOnLaunch"]))
+
+
+def _after_create(owner: Any, apply: Callable[[Any, Any, dict[str, Any]], None]) -> None:
+    """Wrap ``owner.create_from_cloudformation_json``: create, then ``apply(backend, made, properties)``."""
+    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
+
+    original = owner.__dict__["create_from_cloudformation_json"].__func__
+    if is_patched(original):
+        return
+
+    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: Any,
+                                        account_id: str, region_name: str, **kwargs: Any) -> Any:
+        from moto.ec2.models import ec2_backends
+
+        made = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        apply(ec2_backends[account_id][region_name], made, cloudformation_json.get("Properties") or {})
+        return made
+
+    replace(owner, "create_from_cloudformation_json", classmethod(mark(create_from_cloudformation_json)))
+
+
 def install() -> None:
+    from moto.ec2.models.subnets import Subnet
     from moto.ec2.models.vpcs import VPC
 
-    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
-
-    original = VPC.__dict__["create_from_cloudformation_json"].__func__
-    if is_patched(original):
-        return
-
-    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: Any,
-                                        account_id: str, region_name: str, **kwargs: Any) -> Any:
-        from moto.ec2.models import ec2_backends
-
-        vpc = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        props = cloudformation_json.get("Properties") or {}
-        backend: Any = ec2_backends[account_id][region_name]  # stores the value as given (a bool)
-        for prop, attr in ATTRIBUTES.items():
-            if prop in props:
-                backend.modify_vpc_attribute(vpc.id, attr, _bool(props[prop]))
-        return vpc
-
-    replace(VPC, "create_from_cloudformation_json", classmethod(mark(create_from_cloudformation_json)))
-    _install_subnet()
+    _after_create(VPC, _vpc_attributes)
+    _after_create(Subnet, _subnet_attributes)
     log.debug("CloudFormation VPC DNS attributes and subnet MapPublicIpOnLaunch installed")
-
-
-def _install_subnet() -> None:
-    from moto.ec2.models.subnets import Subnet
-
-    from phoenixci.localcloud.patches._caller import is_patched, mark, replace
-
-    original = Subnet.__dict__["create_from_cloudformation_json"].__func__
-    if is_patched(original):
-        return
-
-    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: Any,
-                                        account_id: str, region_name: str, **kwargs: Any) -> Any:
-        from moto.ec2.models import ec2_backends
-
-        subnet = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        props = cloudformation_json.get("Properties") or {}
-        if "MapPublicIpOnLaunch" in props:
-            backend: Any = ec2_backends[account_id][region_name]
-            backend.modify_subnet_attribute(subnet.id, "map_public_ip_on_launch", _bool(props["MapPublicIpOnLaunch"]))
-        return subnet
-
-    replace(Subnet, "create_from_cloudformation_json", classmethod(mark(create_from_cloudformation_json)))
 
 
 __all__ = ["ATTRIBUTES", "check", "install"]
