@@ -1,7 +1,7 @@
 """Instances of the local cloud as system containers (see DESIGN "System containers as EC2 instances").
 
-Per subnet: a bridge ``<tag>b<hash>`` whose host side is the gateway (.1), a DHCP-only dnsmasq
-(static leases: cloud-init's Ec2Local stage runs DHCP and stalls ~60 s without an answer) and a
+Per subnet: a bridge ``<tag>b<hash>`` whose host side is the gateway (.1), a dnsmasq (DHCP with static
+leases: cloud-init's Ec2Local runs DHCP and stalls ~60 s unanswered; DNS only with pkgpath) and a
 host nftables table ``phoenixci_<tag>`` dropping anything routed from or to its own interfaces.
 Per instance: netns ``<tag>-<short>`` with ``eth0`` (the private IP/MAC) on a veth into the bridge,
 routes to the subnet and 169.254.169.254 only (no default route: nothing can leave the machine; the
