@@ -25,6 +25,7 @@ from typing import Any
 
 from phoenixci.errors import PhoenixError
 from phoenixci.localcloud import pkgsources
+from phoenixci.localcloud.instance_layer import INSTANCE_CA_BUNDLE, LOCAL_CAS
 from phoenixci.localcloud.pkgproxy import PackageProxy
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,10 @@ log = logging.getLogger(__name__)
 #: shared by every cloud on the machine (cached files are immutable: pool/, by-hash/, wheels)
 DEFAULT_CACHE = Path("/var/cache/phoenixci/pkgproxy")
 #: CAs added to this machine's store by hand (update-ca-certificates' local directory)
-LOCAL_CAS = Path("/usr/local/share/ca-certificates")
-SYSTEM_STORE = "/etc/ssl/certs/ca-certificates.crt"
+HOST_LOCAL_CAS = Path("/", LOCAL_CAS)
 
 
-def local_cas(directory: Path = LOCAL_CAS) -> dict[str, str]:
+def local_cas(directory: Path = HOST_LOCAL_CAS) -> dict[str, str]:
     """The locally added CAs (file stem → PEM), PEM files only."""
     if not directory.is_dir():
         return {}
@@ -80,10 +80,10 @@ class PackagePath:
         files = {"etc/resolv.conf": "# phoenixci local cloud: the subnet's DNS (package sources only)\n"
                                     f"nameserver {gateway}\n"}
         for stem, pem in self.cas.items():
-            files[f"usr/local/share/ca-certificates/phoenixci-host-{stem}.crt"] = pem
+            files[f"{LOCAL_CAS}phoenixci-host-{stem}.crt"] = pem
         if self.cas:
             files["etc/pip.conf"] = ("# phoenixci local cloud: this machine's HTTPS is re-signed by its own CA\n"
-                                     f"[global]\ncert = {SYSTEM_STORE}\n")
+                                     f"[global]\ncert = {INSTANCE_CA_BUNDLE}\n")
         return files
 
     def serve(self, gateway: str) -> None:
