@@ -15,25 +15,8 @@ calls, replaced).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
-
-
-def nic_addresses() -> Iterator[str]:
-    from moto.ec2.models import ec2_backends
-
-    for _account, _region, backend in list(ec2_backends.iter_backends()):
-        for eni in list(getattr(backend, "enis", {}).values()):
-            if eni.public_ip:
-                yield eni.public_ip
-
-
-def auto_public_ip() -> str:
-    """A free address of the pool (no Elastic IP and no other interface has it)."""
-    from phoenixci.localcloud.patches.eip_semantics import unique_address
-
-    return unique_address(taken=set(nic_addresses()))
 
 
 def check() -> None:
@@ -48,8 +31,10 @@ def check() -> None:
 def install() -> None:
     from moto.ec2.models import elastic_network_interfaces as enis
 
-    enis.random_public_ip = auto_public_ip
+    from phoenixci.localcloud.patches.eip_semantics import unique_address
+
+    enis.random_public_ip = unique_address  # the pool's free addresses (Elastic IPs' and interfaces')
     log.debug("auto-assigned public addresses from the local pool installed")
 
 
-__all__ = ["auto_public_ip", "check", "install", "nic_addresses"]
+__all__ = ["check", "install"]

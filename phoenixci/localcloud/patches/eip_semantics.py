@@ -48,16 +48,19 @@ _REASSOCIATE_BY_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "phoenixci_eip_reassociate_by_default", default=False)
 
 
-def _all_addresses() -> Iterator[Any]:
+def _used_addresses() -> Iterator[str]:
+    """Every address of the pool in use, in any account: Elastic IPs and the public addresses of
+    network interfaces (auto-assigned ones: patches/auto_public_ip)."""
     from moto.ec2.models import ec2_backends
 
     for _account, _region, backend in list(ec2_backends.iter_backends()):
-        yield from list(backend.addresses)  # type: ignore[attr-defined]
+        yield from (eip.public_ip for eip in list(backend.addresses))  # type: ignore[attr-defined]
+        yield from (eni.public_ip for eni in list(getattr(backend, "enis", {}).values()) if eni.public_ip)
 
 
-def unique_address(taken: set[str] | None = None) -> str:
-    """A random address in FIRST..LAST that no allocated Elastic IP (in any account) has."""
-    used = {eip.public_ip for eip in _all_addresses()} | (taken or set())
+def unique_address() -> str:
+    """A random address in FIRST..LAST that no Elastic IP or interface (in any account) has."""
+    used = set(_used_addresses())
     for _ in range(1000):
         candidate = str(ipaddress.IPv4Address(_rng.randint(FIRST, LAST)))
         if candidate not in used:
@@ -72,9 +75,7 @@ def _allocate_address(original: Any) -> Any:
         if address:
             return original(self, domain, address=address, tags=tags)
         with _lock:  # pick and record atomically, so concurrent allocations differ
-            from phoenixci.localcloud.patches.auto_public_ip import nic_addresses
-
-            return original(self, domain, address=unique_address(set(nic_addresses())), tags=tags)
+            return original(self, domain, address=unique_address(), tags=tags)
 
     return allocate_address
 
