@@ -39,6 +39,9 @@ CLOUD_START_TIMEOUT = 240.0   # the very first start builds the base image (~35 
 CLOUD_STOP_TIMEOUT = 90.0
 AWS_TIMEOUT = 60.0
 BOOT_TIMEOUT = 60.0           # create -> cloud-init done (measured ~3 s for one instance)
+IMDS = "http://169.254.169.254/latest"
+#: an IMDSv2 token, as shell (inside an instance: `curl -H "X-aws-ec2-metadata-token: {TOKEN}" …`)
+TOKEN = f"$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' {IMDS}/api/token)"
 
 
 class AwsCliError(AssertionError):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from cloudkit import (
+    IMDS,
     Cloud,
     Network,
     make_network,
@@ -39,7 +40,6 @@ for port in {ports}; do
   (cd /srv/www && setsid nohup python3 -m http.server $port </dev/null >/dev/null 2>&1 &)
 done
 """
-IMDS = "http://169.254.169.254/latest"
 TOKEN = f"$(curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' {IMDS}/api/token)"
 
 

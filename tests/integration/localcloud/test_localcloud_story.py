@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from cloudkit import (
+    IMDS,
+    TOKEN,
     AwsCliError,
     Cloud,
     Network,
@@ -42,8 +44,6 @@ echo {MARKER} > /srv/www/index.html
 echo ran > /var/tmp/user-data-ran
 cd /srv/www && nohup python3 -m http.server 8080 >/var/log/web.log 2>&1 &
 """
-IMDS = "http://169.254.169.254/latest"
-TOKEN = f"$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' {IMDS}/api/token)"
 
 
 @dataclass

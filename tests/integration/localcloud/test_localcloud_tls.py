@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from cloudkit import (
+    IMDS,
+    TOKEN,
     Cloud,
     make_network,
     remote,
@@ -35,8 +37,6 @@ from phoenixci.util import wait_until
 pytestmark = pytest.mark.integration
 
 LIFETIME = 20
-IMDS = "http://169.254.169.254/latest"
-TOKEN = f"$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' {IMDS}/api/token)"
 AWS = "/tmp/awsv/bin/aws --region us-east-1"  # the aws CLI takes no region from the IMDS, on AWS neither
 
 

@@ -8,6 +8,7 @@ here are packages, not hosts: the hosts come from this machine's own apt and pip
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from cloudkit import (
     running_cloud,
     ssh_host,
     terminate,
+    unique,
 )
 
 from phoenixci.localcloud import pkgsources
@@ -112,10 +114,6 @@ def test_nothing_else_resolves_or_passes(cloud: Cloud, net: Network, installer: 
 
 def test_security_groups_apply_to_the_package_path(cloud: Cloud, net: Network) -> None:
     """A group without egress reaches no package source (DNS on the gateway still answers, as Amazon DNS)."""
-    import json
-
-    from cloudkit import unique
-
     group = cloud.aws("ec2", "create-security-group", "--group-name", unique("closed"), "--description", "no egress",
                       "--vpc-id", net.vpc_id)["GroupId"]
     cloud.aws("ec2", "authorize-security-group-ingress", "--group-id", group, "--ip-permissions", json.dumps(

@@ -9,6 +9,7 @@ for another region gets the answer of an account with that Region not enabled.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 from collections.abc import Iterator
@@ -17,10 +18,13 @@ from typing import Any
 
 import pytest
 from cloudkit import (
+    IMDS,
+    TOKEN,
     AwsCliError,
     Cloud,
     Network,
     make_network,
+    port_open,
     remote,
     require_root,
     run_instance,
@@ -30,14 +34,13 @@ from cloudkit import (
     unique,
 )
 
+from phoenixci.localcloud import pkgsources
 from phoenixci.util import wait_until
 
 pytestmark = pytest.mark.integration
 
 REGION, ZONE = "eu-west-1", "eu-west-1a"
 EU_ZONES = "eu-west-1a, eu-west-1b, eu-west-1c"
-IMDS = "http://169.254.169.254/latest"
-TOKEN = f"$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' {IMDS}/api/token)"
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +168,6 @@ def test_a_call_for_another_region_is_refused(cloud: Cloud, call: tuple[str, ...
 
 def test_without_the_package_proxy_nothing_resolves(cloud: Cloud, net: Network, booted: tuple[str, str, Any]) -> None:
     """`cloud start` without --package-proxy: no DNS, nothing on the gateway's ports 53, 80 and 443."""
-    from phoenixci.localcloud import pkgsources
-
     _, _, host = booted
     gateway = cloud.subnet_info(net.cidr)["gateway"]
     sources = pkgsources.read_sources()
@@ -181,10 +182,6 @@ def test_without_the_package_proxy_nothing_resolves(cloud: Cloud, net: Network, 
 def test_a_public_subnet_gives_its_instances_a_reachable_public_address(cloud: Cloud, net: Network) -> None:
     """MapPublicIpOnLaunch: the public address comes from the local pool (never AWS's ranges) and
     answers on the ports the instance's groups open, like an Elastic IP."""
-    import ipaddress
-
-    from cloudkit import port_open
-
     cloud.aws("ec2", "modify-subnet-attribute", "--subnet-id", net.subnet_id, "--map-public-ip-on-launch")
     iid = ""
     try:
