@@ -179,11 +179,16 @@ class World:
                           policy=StartPolicy(attempts=3, delay=1.0, factor=2.0))
 
 
-def test_a_start_that_exits_is_retried_with_backoff_then_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+def on_a_clock(monkeypatch: pytest.MonkeyPatch) -> tuple[Clock, World, Reconciler]:
+    """A world and its reconciler whose time is a Clock the test moves."""
     clock = Clock()
     monkeypatch.setattr("phoenixci.localcloud.reconcile.time.monotonic", clock)
     world = World()
-    rec = world.reconciler()
+    return clock, world, world.reconciler()
+
+
+def test_a_start_that_exits_is_retried_with_backoff_then_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, world, rec = on_a_clock(monkeypatch)
     timeline = []
     for _ in range(40):  # 10 s of passes, 0.25 s apart
         rec.run_once()
@@ -201,10 +206,7 @@ def test_a_start_that_exits_is_retried_with_backoff_then_given_up(monkeypatch: p
 
 
 def test_while_retrying_the_error_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    monkeypatch.setattr("phoenixci.localcloud.reconcile.time.monotonic", clock)
-    world = World()
-    rec = world.reconciler()
+    clock, world, rec = on_a_clock(monkeypatch)
     rec.run_once()
     world.exit_bad()
     rec.run_once()
@@ -237,10 +239,7 @@ def test_a_start_that_raises_counts_too_and_a_failing_api_is_told_again() -> Non
 
 
 def test_a_ready_instance_forgets_its_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    monkeypatch.setattr("phoenixci.localcloud.reconcile.time.monotonic", clock)
-    world = World()
-    rec = world.reconciler()
+    clock, world, rec = on_a_clock(monkeypatch)
     rec.run_once()
     world.exit_bad()
     rec.run_once()
@@ -269,10 +268,7 @@ def test_status_json_is_plain() -> None:
 
 def test_an_exit_seen_in_the_pass_that_started_it_still_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """systemd may be gone before the pass reads the phase: the next pass must still count it."""
-    clock = Clock()
-    monkeypatch.setattr("phoenixci.localcloud.reconcile.time.monotonic", clock)
-    world = World()
-    rec = world.reconciler()
+    clock, world, rec = on_a_clock(monkeypatch)
 
     def dies_at_once(v: InstanceView) -> None:
         world.running(v)
