@@ -239,10 +239,7 @@ def bootstrap_failure(ec2: Any, instance_id: str, *, every: float = 3.0) -> Call
         if time.monotonic() < next_read:
             return ""
         next_read = time.monotonic() + every
-        try:
-            text = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
-        except (ClientError, BotoCoreError):
-            return ""
+        text = _console(ec2, instance_id, quiet=True)
         failed = [line.split(BOOTSTRAP_FAILED, 1)[1].strip() for line in text.splitlines() if BOOTSTRAP_FAILED in line]
         return f"its bootstrap failed: {failed[-1]}" if failed else ""
 
@@ -251,14 +248,17 @@ def bootstrap_failure(ec2: Any, instance_id: str, *, every: float = 3.0) -> Call
 
 def console_tail(ec2: Any, instance_id: str, lines: int = 60) -> str:
     """The last ``lines`` of an instance's console (cloud-init's output), or "" if unreadable."""
-    if not instance_id:
-        return ""
+    return "\n".join(_console(ec2, instance_id).splitlines()[-lines:]) if instance_id else ""
+
+
+def _console(ec2: Any, instance_id: str, *, quiet: bool = False) -> str:
+    """The instance's console output, "" if unreadable (said in the log unless ``quiet``)."""
     try:
-        text = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""
+        return str(ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or "")
     except (ClientError, BotoCoreError) as e:
-        log.warning("console of %s unreadable: %s", instance_id, e)
+        if not quiet:
+            log.warning("console of %s unreadable: %s", instance_id, e)
         return ""
-    return "\n".join(str(text).splitlines()[-lines:])
 
 
 class _Clock:
