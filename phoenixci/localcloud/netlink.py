@@ -1,4 +1,4 @@
-"""ip / nft / dnsmasq commands for the instance runtime (every argument as list argv).
+"""ip / nft commands for the instance runtime (every argument as list argv; dnsmasq: dnsmasq.py).
 
 Every nftables table of a cloud is named ``phoenixci_<tag>``, one per family: ``inet`` = the host
 firewall (nothing routed out), ``ip`` and ``bridge`` = security groups, the metadata redirect and
@@ -10,8 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -151,58 +149,3 @@ def plumb_instance(netns: str, host_veth: str, bridge: str, mac: str, ip: str, p
               "link set eth0 up",
               # no default route: only the subnet (connected) and the metadata address via the gateway
               f"route add {IMDS_ADDRESS}/32 via {gateway} dev eth0"], netns=netns)
-
-
-class Dnsmasq:
-    """One dnsmasq per bridge: DHCP (static leases from a hosts file, no router) and, only when
-    ``dns_names`` are given (the package path), DNS on the gateway that answers those names with
-    the gateway's address and refuses every other (no upstream: nothing else resolves)."""
-
-    def __init__(self, bridge: str, cidr: str, state: Path, dns_names: tuple[str, ...] = ()) -> None:
-        self.bridge, self.cidr, self.state, self.dns_names = bridge, cidr, state, tuple(sorted(dns_names))
-        self.hosts = state / "dhcp-hosts"
-        self.pidfile = state / "dnsmasq.pid"
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-            return pid
-        except (OSError, ValueError):
-            return None
-
-    def start(self, cgroup_procs: Path) -> None:
-        if self.pid():
-            return
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.hosts.touch()
-        net = ipaddress.ip_network(self.cidr)
-        gateway = str(next(net.hosts()))
-        dns = [f"--address=/{name}/{gateway}" for name in self.dns_names]
-        argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                "--port=53" if dns else "--port=0", *dns, "--user=root", f"--interface={self.bridge}",
-                "--bind-interfaces", "--except-interface=lo",
-                f"--dhcp-range={net.network_address},static,{net.netmask},12h",
-                f"--dhcp-hostsfile={self.hosts}", "--dhcp-option=3",
-                f"--dhcp-option=6,{gateway}" if dns else "--dhcp-option=6",
-                f"--dhcp-leasefile={self.state / 'leases'}", "--dhcp-authoritative",
-                f"--pid-file={self.pidfile}", f"--log-facility={self.state / 'dnsmasq.log'}"]
-
-        def join_cgroup() -> None:
-            cgroup_procs.write_text("0")
-
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, preexec_fn=join_cgroup, start_new_session=True)
-        log.info("dnsmasq (DHCP%s) on %s", f", DNS for {len(dns)} package source name(s)" if dns else " only",
-                 self.bridge)
-
-    def set_host(self, mac: str, ip: str | None) -> None:
-        """Add (ip given) or remove (ip None) the static lease for ``mac`` and reload."""
-        lines = [line for line in (self.hosts.read_text().splitlines() if self.hosts.exists() else [])
-                 if not line.startswith(mac + ",")]
-        if ip:
-            lines.append(f"{mac},{ip}")
-        self.hosts.write_text("".join(line + "\n" for line in lines))
-        pid = self.pid()
-        if pid:
-            os.kill(pid, signal.SIGHUP)

@@ -5,7 +5,7 @@ Off by default; then nothing changes (no DNS, no listener, no rule). With it, pe
 
 - the gateway's dnsmasq answers DNS for the names of the host's configured package sources
   (pkgsources: apt's sources, pip's indexes) with the gateway's address, and refuses every other
-  name: nothing else resolves (netlink.Dnsmasq); instances name the gateway in /etc/resolv.conf
+  name: nothing else resolves (dnsmasq.Dnsmasq); instances name the gateway in /etc/resolv.conf
   (instance_layer) and the host-side rules let DNS to the gateway pass, as Amazon DNS does (hostsg);
 - instances trust what the host's package clients trust: where this machine's HTTPS is re-signed
   by a CA of its own (locally added ones: /usr/local/share/ca-certificates), the instances get those

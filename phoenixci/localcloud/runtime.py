@@ -29,6 +29,7 @@ from pathlib import Path
 
 from phoenixci.errors import PhoenixError
 from phoenixci.localcloud import cgroups, netlink
+from phoenixci.localcloud.dnsmasq import Dnsmasq
 from phoenixci.localcloud.hostcheck import tag_of
 from phoenixci.localcloud.image import Image
 
@@ -97,15 +98,15 @@ class Runtime:
     def bridge_name(self, subnet_cidr: str) -> str:
         return f"{self.tag}b{_h(subnet_cidr, 5)}"
 
-    def _dnsmasq(self, bridge: str, cidr: str, dns_names: tuple[str, ...] = ()) -> netlink.Dnsmasq:
-        return netlink.Dnsmasq(bridge, cidr, self.state_dir / "bridges" / bridge, dns_names)
+    def _dnsmasq(self, bridge: str, cidr: str, dns_names: tuple[str, ...] = ()) -> Dnsmasq:
+        return Dnsmasq(bridge, cidr, self.state_dir / "bridges" / bridge, dns_names)
 
     def _dns_cgroup(self, bridge: str) -> Path:
         return cgroups.root() / f"{self.tag}-d{bridge[len(self.tag) + 1:]}"
 
     # ---- bridges -----------------------------------------------------------------------------
     def ensure_bridge(self, subnet_cidr: str, dns_names: tuple[str, ...] = ()) -> Bridge:
-        """The subnet's bridge, gateway and dnsmasq (DNS for ``dns_names`` only: see netlink.Dnsmasq)."""
+        """The subnet's bridge, gateway and dnsmasq (DNS for ``dns_names`` only: see dnsmasq.Dnsmasq)."""
         name = self.bridge_name(subnet_cidr)
         netlink.host_firewall(self.table, self.tag)
         gateway = netlink.ensure_bridge(name, subnet_cidr)

@@ -89,8 +89,11 @@ def test_a_failed_start_is_reported_bounded_and_stalls_nobody(cloud: Cloud, net:
         assert inst["StateReason"]["Message"].startswith("Server.InternalError: Internal error on launch (")
         assert inst["StateTransitionReason"] == inst["StateReason"]["Message"]
 
-        status = cloud.instance_status(bad)
-        assert status["state"] == "terminated"
+        # status.json is rewritten every second: it may still show the state before the API's
+        def reported() -> dict:
+            status = cloud.instance_status(bad)
+            return status if status["state"] == "terminated" else {}
+        status = wait_until(reported, timeout=5, interval=0.2, what=f"{bad} terminated in the cloud's status")
         # how it ended (unshare reports the SIGKILL of its child as status 1), then the last console lines
         assert re.match(rf"failed to start {ATTEMPTS} times, last: the container (exited with status \d+|was "
                         r"killed by \w+) before the instance was ready; console: .*" + TEST_HOOK, status["error"])
