@@ -20,6 +20,7 @@ import ssl
 import tempfile
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import boto3
 
 from phoenixci.errors import PhoenixError
+from phoenixci.localcloud.api_changes import ChangeNotifier
 
 log = logging.getLogger(__name__)
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request at INFO
@@ -69,6 +71,8 @@ class ApiServer:
         self._tmp_tls: Path | None = None
         self._listeners: dict[str, Any] = {}  # address → Listener (TLS)
         self._plain: Any = None               # the http:// Listener on 127.0.0.1
+        #: called after each request that may have changed something (api_changes.py)
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -107,7 +111,7 @@ class ApiServer:
             if self.tls_dir is None:
                 self._tmp_tls = Path(tempfile.mkdtemp(prefix="phoenixci-api-tls-"))
             self.tls = TlsIdentity(self.tls_dir or self._tmp_tls, addresses=[self.host])  # type: ignore[arg-type]
-            self._app = DomainDispatcherApplication(create_backend_app)
+            self._app = ChangeNotifier(DomainDispatcherApplication(create_backend_app), self._changed)
             try:
                 main = Listener(self.host, self.requested_port, self._app, self.tls)
                 self._listeners[self.host] = main
@@ -179,6 +183,11 @@ class ApiServer:
         self.stop()
 
     # -- internals ---------------------------------------------------------------------
+    def _changed(self) -> None:
+        callback = self.on_change
+        if callback is not None:
+            callback()
+
     @staticmethod
     def _reset_moto() -> None:
         """Forget every account's state and switch enforcement off (for a clean bootstrap)."""

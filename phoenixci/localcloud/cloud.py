@@ -20,20 +20,21 @@ from typing import Any
 from phoenixci.errors import LeakError, PhoenixError
 from phoenixci.localcloud.addressing import refuse_overlap
 from phoenixci.localcloud.api import ApiServer
+from phoenixci.localcloud.cloudtags import LocalCloudError, claim_tag, release_tag, write_env_file
 from phoenixci.localcloud.mirror import MirrorServer
 from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot, snapshot
 from phoenixci.localcloud.regions import check_region
+from phoenixci.localcloud.stages import layer_files as stage_files
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ACCOUNT_ID", "CloudInfo", "LocalCloud", "LocalCloudError", "claim_tag", "release_tag",
+           "write_env_file"]  # the last four live in cloudtags.py
 
 ACCOUNT_ID = "123456789012"
 #: the wheelhouse on every subnet gateway: pip install --no-index --find-links http://GATEWAY:3141/ …
 MIRROR_PORT = 3141
 DEFAULT_STATE_DIR = Path(os.environ.get("PHOENIXCI_STATE_DIR", "/var/lib/phoenixci/cloud"))
-
-
-class LocalCloudError(PhoenixError):
-    """The local cloud cannot do what was asked (not root, overlapping subnet, ...)."""
 
 
 @dataclass(frozen=True)
@@ -50,45 +51,6 @@ class CloudInfo:
         return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key_id,
                 "AWS_SECRET_ACCESS_KEY": self.secret_access_key, "AWS_DEFAULT_REGION": self.region,
                 "AWS_REGION": self.region, **({"AWS_CA_BUNDLE": self.ca_bundle} if self.ca_bundle else {})}
-
-
-def write_env_file(path: Path, env: dict[str, str]) -> None:
-    """``export KEY=value`` lines, readable only by root, for ``source DIR/env``."""
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text("".join(f"export {k}={v}\n" for k, v in sorted(env.items())))
-    tmp.replace(path)
-
-
-TAG_DIR = Path("/run/phoenixci/tags")
-
-
-def claim_tag(tag: str, state_dir: Path) -> None:
-    """Own the name tag ``tag`` for ``state_dir``, or refuse if another state dir owns it.
-
-    Every namespace, bridge, cgroup and firewall table of a cloud carries its tag, and a start
-    sweeps everything with its tag: two state dirs hashing to one tag must never both run.
-    """
-    TAG_DIR.mkdir(parents=True, exist_ok=True)
-    path = TAG_DIR / tag
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        owner = path.read_text().strip()
-        if owner != str(state_dir):
-            raise LocalCloudError(f"the local cloud of {owner} uses the name tag {tag} of {state_dir}: "
-                                  f"stop it, or choose another --state-dir (or remove {path} if that "
-                                  "cloud is gone)") from None
-        return
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{state_dir}\n")
-
-
-def release_tag(tag: str, state_dir: Path) -> None:
-    path = TAG_DIR / tag
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_text().strip() == str(state_dir):
-            path.unlink()
 
 
 class LocalCloud:
@@ -113,6 +75,7 @@ class LocalCloud:
         self.limits_note: str | None = None    # kernel limits still too low (limits.advice)
         self.package_proxy = package_proxy
         self._pkg: Any = None                  # pkgpath.PackagePath (--package-proxy) or None
+        self._stage_files: dict[str, str] = {}  # stages.layer_files of the image
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> CloudInfo:
@@ -140,6 +103,7 @@ class LocalCloud:
 
             self._pkg = PackagePath.from_host()
         self.image = build_image(self.image_cache) if self.image_cache else build_image()
+        self._stage_files = stage_files(self.image.rootfs)  # cloud-init's stages from one warm Python
         self.wheelhouse = fill_wheelhouse()
         self.api.start()
         region_refusal.serve_only(self.region)  # other regions answer as if not enabled for the account
@@ -156,6 +120,7 @@ class LocalCloud:
                                          release=self._net.release, exit_reason=self._launches.exit_reason,
                                          fail=self._launches.fail)
             self.reconciler.start()
+            self.api.on_change = self.reconciler.wake  # a launch starts now, not at the next pass
         except BaseException:
             self.stop()
             raise
@@ -178,6 +143,7 @@ class LocalCloud:
     def stop(self) -> None:
         """Remove every instance, bridge, namespace, mount, rule and listener; fail if any is left."""
         if self.reconciler is not None:
+            self.api.on_change = None
             self.reconciler.stop()
             self.reconciler = None
         if self._net is not None:
@@ -300,5 +266,5 @@ class LocalCloud:
                             imds_port=self._imds[bridge.gateway_ip].port, bridge=bridge.name)
         layer = ensure_layer(self.state_dir / "layers", self.image.rootfs,  # the API's CA and address
                              f"https://{bridge.gateway_ip}:{self.api.port}", self.api.tls.ca.pem,
-                             self._pkg.layer_files(bridge.gateway_ip) if self._pkg else None)
+                             {**self._stage_files, **(self._pkg.layer_files(bridge.gateway_ip) if self._pkg else {})})
         self._launches.start(spec, self.image, layers=[layer])  # runtime.start (+ a test-only hook)

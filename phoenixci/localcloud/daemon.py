@@ -26,13 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phoenixci.localcloud.cloud import (
-    DEFAULT_STATE_DIR,
-    TAG_DIR,
-    LocalCloud,
-    LocalCloudError,
-    release_tag,
-)
+from phoenixci.localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
+from phoenixci.localcloud.cloudtags import TAG_DIR, LocalCloudError, release_tag
 from phoenixci.localcloud.regions import DEFAULT_REGION, check_region
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ pass leaves those containers alone and tries again next time.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import threading
 import time
@@ -32,72 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phoenixci.localcloud.launches import StartPolicy
-from phoenixci.localcloud.nacls import read_nacls
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot, snapshot
+
+__all__ = ["InstanceRecord", "InstanceView", "Reconciler", "Snapshot", "snapshot"]  # the views live in snapshot.py
 
 log = logging.getLogger(__name__)
 
 RUNNING_STATES = {"pending", "running"}
 STOPPED_STATES = {"stopping", "stopped"}
 GONE_STATES = {"shutting-down", "terminated"}
-
-
-@dataclass(frozen=True)
-class InstanceView:
-    """What the reconciler needs of one moto instance."""
-
-    instance_id: str
-    state: str
-    private_ip: str
-    subnet_id: str
-    subnet_cidr: str
-    mac: str
-    group_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    instances: dict[str, InstanceView]
-    #: public ip → instance id
-    addresses: dict[str, str]
-    #: group id → moto SecurityGroup object
-    groups: dict[str, Any]
-    #: subnet CIDR → (network ACL id, its entries) for the subnets of instances (nacls.read_nacls)
-    nacls: dict[str, Any] = field(default_factory=dict)
-
-
-def snapshot(ec2: Any) -> Snapshot:
-    """Read moto's EC2 backend into plain values (retried by the caller on concurrent change)."""
-    instances: dict[str, InstanceView] = {}
-    auto: dict[str, str] = {}  # auto-assigned public address → instance (patches/auto_public_ip)
-    for reservation in list(ec2.reservations.values()):
-        for inst in list(reservation.instances):
-            if not inst.subnet_id or not inst.private_ip:
-                continue
-            try:
-                cidr = ec2.get_subnet(inst.subnet_id).cidr_block
-            except Exception:  # noqa: BLE001 - the subnet went first (a deleted stack): only
-                cidr = ""      # a terminated instance can be left like that; it is destroyed
-            nic = inst.nics.get(0) if hasattr(inst, "nics") else None
-            mac = getattr(nic, "mac_address", None) or _mac_for(inst.private_ip)
-            public = getattr(nic, "public_ip", None)
-            if public:
-                auto[public] = inst.id
-            instances[inst.id] = InstanceView(
-                instance_id=inst.id, state=inst.state, private_ip=inst.private_ip,
-                subnet_id=inst.subnet_id, subnet_cidr=cidr, mac=mac,
-                group_ids=tuple(sorted(g.id for g in inst.security_groups)))
-    addresses = {**auto, **{a.public_ip: a.instance.id for a in list(ec2.addresses)
-                            if a.instance is not None and a.instance.id in instances}}
-    groups = {gid: ec2.get_security_group_from_id(gid)
-              for view in instances.values() for gid in view.group_ids}
-    acls = read_nacls(ec2, {v.subnet_id: v.subnet_cidr for v in instances.values() if v.subnet_cidr})
-    return Snapshot(instances, addresses, {k: v for k, v in groups.items() if v is not None}, acls)
-
-
-def _mac_for(ip: str) -> str:
-    """A stable locally administered MAC derived from the private address."""
-    octets = ipaddress.ip_address(ip).packed
-    return "02:" + ":".join(f"{b:02x}" for b in (0x42, *octets))
 
 
 @dataclass
@@ -141,6 +83,7 @@ class Reconciler:
     interval: float = 0.2
     records: dict[str, InstanceRecord] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     passes: int = 0
@@ -149,18 +92,25 @@ class Reconciler:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Run a pass now (the API calls it after each request that may change something):
+        a launch is picked up at once instead of at the next interval."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # a wake during the pass below runs the next one at once
             try:
                 self.run_once()
             except Exception:  # noqa: BLE001 - the loop must survive; the error is logged
                 log.exception("reconcile pass failed")
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
 
     def run_once(self) -> None:
         """One pass: converge every instance, then the network (SGs, EIPs)."""

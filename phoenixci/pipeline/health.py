@@ -19,6 +19,10 @@ from phoenixci.util import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 
+#: between two probes of a new server: a refused connection costs next to nothing, and probing
+#: every 0.5 s cost each deploy ~0.25 s on average between the server answering and the gate passing
+POLL_S = 0.1
+
 
 @dataclass(frozen=True)
 class Target:
@@ -83,7 +87,7 @@ def http_health_check(target: Target, timeout: float) -> None:
         return bool(reason)
 
     try:
-        wait_until(check, timeout=timeout, interval=0.5,
+        wait_until(check, timeout=timeout, interval=POLL_S,
                    what=f"{target.instance_id} at {target.address}:{target.port} to serve {target.revision}")
     except WaitTimeout as e:
         raise HealthCheckError(
@@ -140,7 +144,7 @@ def wait_for_address(address: str, port: int, revision: str, timeout: float) -> 
         return last.healthy_for(revision)
 
     try:
-        wait_until(check, timeout=timeout, interval=0.5, what=f"{address}:{port} to serve {revision}")
+        wait_until(check, timeout=timeout, interval=POLL_S, what=f"{address}:{port} to serve {revision}")
     except WaitTimeout as e:
         raise AddressCheckError(
             f"the app address {address}:{port} did not serve {revision} within {timeout:g}s after the "

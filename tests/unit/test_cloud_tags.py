@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from phoenixci.localcloud import addressing, cloud
-from phoenixci.localcloud.cloud import LocalCloudError, claim_tag, release_tag, write_env_file
+from phoenixci.localcloud import addressing, cloudtags
+from phoenixci.localcloud.cloudtags import LocalCloudError, claim_tag, release_tag, write_env_file
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
 def tag_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(cloud, "TAG_DIR", tmp_path / "tags")
+    monkeypatch.setattr(cloudtags, "TAG_DIR", tmp_path / "tags")
     return tmp_path / "tags"
 
 

@@ -1,6 +1,8 @@
 """The reconciler drives the runtime towards moto's EC2 state, one instance's failure isolated."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot
@@ -96,3 +98,20 @@ def test_the_loop_runs_and_stops() -> None:
     passes = rec.passes
     assert rec._thread is not None and not rec._thread.is_alive()
     assert rec.passes == passes
+
+
+def test_a_wake_runs_a_pass_at_once_and_stop_does_not_wait_for_the_interval() -> None:
+    rt = FakeRuntime()
+    rec = make([snap(view("i-a", "running"))], rt)
+    rec.interval = 60.0  # no timed pass during this test
+    rec.start()
+    try:
+        wait_until(lambda: rec.passes >= 1, timeout=5, interval=0.01, what="the first pass")
+        for n in (2, 3):
+            rec.wake()
+            wait_until(lambda n=n: rec.passes >= n, timeout=5, interval=0.005, what=f"pass {n} after a wake")
+    finally:
+        t0 = time.monotonic()
+        rec.stop()
+    assert time.monotonic() - t0 < 5
+    assert rec._thread is not None and not rec._thread.is_alive()

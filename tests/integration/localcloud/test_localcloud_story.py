@@ -123,6 +123,26 @@ def test_user_data_ran_and_serves_on_8080(story: Story) -> None:
     assert http_get(f"http://{story.ip}:8080/").strip() == MARKER
 
 
+def test_cloud_init_stages_ran_forked_from_one_warm_python_in_their_own_units(story: Story) -> None:
+    """stages.py: each stage ran as its unit's process (its cgroup, its journal name, its status),
+    forked by the stage server, which ended after the last stage."""
+    host = story.host
+    for unit in ("cloud-init-local", "cloud-init", "cloud-config", "cloud-final"):
+        shown = host.check_output(f"systemctl show -p Result -p ExecMainStatus -p DropInPaths {unit}.service")
+        assert "Result=success" in shown and "ExecMainStatus=0" in shown, shown
+        assert "50-phoenixci-stages.conf" in shown, shown
+    served = host.run("sudo journalctl -b -u phoenixci-cloud-init-stages.service -o cat").stdout
+    assert "Deactivated successfully" in served, served
+    assert "not preloaded" not in served, served  # every module the stages use was imported once
+    named = host.run("sudo journalctl -b -t cloud-init -o cat").stdout
+    for stage in ("init-local", "init", "modules:config", "modules:final"):
+        assert f"running '{stage}'" in named, named[-2000:]
+    web = [p for p in host.process.filter(comm="python3") if "http.server" in p.args]
+    assert web, "user data's web server is not running"
+    cgroups = host.file(f"/proc/{web[0].pid}/cgroup").content_string.splitlines()
+    assert "0::/system.slice/cloud-final.service" in cgroups, cgroups  # the unified (v2) hierarchy
+
+
 def test_imds_v2_returns_the_instance_id_and_v1_gets_401(story: Story) -> None:
     got = story.host.check_output(f"curl -sf -H \"X-aws-ec2-metadata-token: {TOKEN}\" {IMDS}/meta-data/instance-id")
     assert got == story.instance_id
