@@ -37,6 +37,8 @@ INSTANCE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 LOCAL_CAS = "usr/local/share/ca-certificates/"
+#: (layers dir, image, endpoint, CA, extra files) → the layer made for them (a layer never changes)
+_made: dict[tuple[str, str, str, str, tuple[tuple[str, str], ...]], Path] = {}
 
 
 def layer_files(endpoint_url: str, ca_pem: str, extra: Mapping[str, str] | None = None,
@@ -72,11 +74,16 @@ def ensure_layer(layers_dir: Path, image_root: Path, endpoint_url: str, ca_pem: 
                  extra: Mapping[str, str] | None = None) -> Path:
     """The layer for ``endpoint_url`` under ``layers_dir`` (made once; its directories carry the
     image's owners and modes, since an upper overlay layer's directory attributes win)."""
+    key = (str(layers_dir), str(image_root), endpoint_url, ca_pem, tuple(sorted((extra or {}).items())))
+    known = _made.get(key)
+    if known is not None and known.is_dir():
+        return known  # every launch of a subnet asks again: no openssl run, no hashing each time
     bundle = image_root / INSTANCE_CA_BUNDLE.lstrip("/")
     files = layer_files(endpoint_url, ca_pem, extra, bundle.read_text() if bundle.is_file() else "")
     digest = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:16]
     layer = layers_dir / digest
     if layer.is_dir():
+        _made[key] = layer
         return layer
     layers_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=layers_dir))
@@ -98,6 +105,7 @@ def ensure_layer(layers_dir: Path, image_root: Path, endpoint_url: str, ca_pem: 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _made[key] = layer
     return layer
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def ip_batch(lines: list[str], netns: str | None = None) -> None:
 def link_names() -> list[str]:
     data = json.loads(run(["ip", "-j", "link", "show"]) or "[]")
     return [str(link["ifname"]) for link in data]
+
+
+def link_exists(name: str) -> bool:
+    """Whether this (the host's) network namespace has a link ``name`` (sysfs: no ip process)."""
+    return os.path.lexists(os.path.join("/sys/class/net", name))
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.lexists(os.path.join("/run/netns", name))
 
 
 def netns_names() -> list[str]:

@@ -215,9 +215,9 @@ class Runtime:
                  time.monotonic() - t0)
 
     def _unplumb(self, instance_id: str) -> None:
-        if self.veth(instance_id) in netlink.link_names():
+        if netlink.link_exists(self.veth(instance_id)):
             netlink.delete_link(self.veth(instance_id))
-        if self.netns(instance_id) in netlink.netns_names():
+        if netlink.netns_exists(self.netns(instance_id)):
             netlink.delete_netns(self.netns(instance_id))
 
     def _spec(self, instance_id: str) -> dict | None:

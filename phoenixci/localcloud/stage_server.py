@@ -26,6 +26,7 @@ import argparse
 import array
 import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -212,6 +213,7 @@ def main() -> int:
     listener.listen(4)
     listener.settimeout(args.idle)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    gc.freeze()  # what the imports made stays out of the children's collections: fewer copied pages
     notify("READY=1")
     try:
         while True:
