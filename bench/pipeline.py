@@ -2,7 +2,9 @@
 
 `phoenixci up` in a fresh environment, then N consecutive pushes, each changing the app's page;
 for each: push → build start, push → the new revision served through the app's Elastic IP,
-and the time of every stage (Buildbot's step logs; the deploy step's own phases). A bounded
+and the time of every stage (Buildbot's step logs; the deploy step's own phases), and push →
+serving taken apart (``serving_path_s``: each step before the deploy, the deploy's setup and
+phases, and what is left between the steps). A bounded
 load (>= 20 requests/s) runs against the app's Elastic IP through all deploys and counts every
 request that did not answer 200. Then `phoenixci down`, and what the run left.
 
@@ -166,6 +168,8 @@ def _deploys(env_dir: Path, tmp: Path, args: argparse.Namespace, result: dict[st
                                "max": max(r["push_to_build_start_s"] for r in runs)},
         stages_p50_s={k: round(statistics.median(r["stages_s"].get(k, 0.0) for r in runs), 3)
                       for k in runs[0]["stages_s"]},
+        serving_path_p50_s={k: round(statistics.median(r["serving_path_s"][k] for r in runs), 3)
+                            for k in runs[0]["serving_path_s"]},
         load={"sent": sent, "failed": load.failed, "errors": load.errors, "seconds": round(sent / args.rate, 1)},
         runs=runs)
     return load
@@ -186,9 +190,24 @@ def _one_deploy(state: EnvState, repo: Path, i: int, ssh: str) -> dict:
     t_serving = time.monotonic() - t0
     build = buildbot.wait_for_build(state.ci_url, revision, timeout=300)
     t_done = time.monotonic() - t0
+    stages = stage_times(state.ci_url, started.build_id)
     return {"revision": revision, "push_s": round(pushed, 3), "push_to_build_start_s": round(t_start, 3),
             "push_to_serving_s": round(t_serving, 3), "push_to_build_done_s": round(t_done, 3),
-            "result": build.result, "stages_s": stage_times(state.ci_url, started.build_id)}
+            "result": build.result, "stages_s": stages, "serving_path_s": serving_path(t_start, t_serving, stages)}
+
+
+#: the steps that run before the deploy, and the deploy's phases up to the address serving
+BEFORE_DEPLOY = ("checkout", "test", "package", "publish")
+DEPLOY_TO_SERVING = ("deploy.setup", "deploy.stack", "deploy.health", "deploy.move")
+
+
+def serving_path(build_start: float, serving: float, stages: dict[str, float]) -> dict[str, float]:
+    """push → serving, second by second: the push and build start, each step before the deploy,
+    the deploy's setup (interpreter, imports, clients, lookups) and phases, and what is left:
+    Buildbot starting each step on the worker, and seeing the new revision through the address."""
+    path = {"push_to_build_start": build_start, **{k: stages.get(k, 0.0) for k in (*BEFORE_DEPLOY, *DEPLOY_TO_SERVING)}}
+    path["between_steps_and_detection"] = serving - sum(path.values())
+    return {k: round(v, 3) for k, v in path.items()}
 
 
 if __name__ == "__main__":

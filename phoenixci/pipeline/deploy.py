@@ -34,6 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from phoenixci import stacks
 from phoenixci.errors import ConfigError, DeployError, PhoenixError
+from phoenixci.pipeline.clock import PhaseClock
 from phoenixci.pipeline.health import (
     HealthCheck,
     Target,
@@ -180,7 +181,7 @@ def deploy(cfn: Any, ec2: Any, s3: Any, env: Environment, *, revision: str, arti
               "InstanceProfile": env.instance_profile, "AwsEndpointUrl": env.endpoint_url,
               "AppPort": str(env.app_port)}
     moved = False
-    clock = _Clock()
+    clock = PhaseClock()
     try:
         stack = stacks.create(cfn, s3, name, template, params, run_id=env.run_id,
                               tags={"phoenixci:revision": revision}, timeout=stack_timeout)
@@ -259,19 +260,6 @@ def _console(ec2: Any, instance_id: str, *, quiet: bool = False) -> str:
         if not quiet:
             log.warning("console of %s unreadable: %s", instance_id, e)
         return ""
-
-
-class _Clock:
-    """Seconds per phase, for the deploy's report (and bench/pipeline.py)."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
 
 
 def _undo(cfn: Any, ec2: Any, s3: Any, env: Environment, name: str, previous: str | None,

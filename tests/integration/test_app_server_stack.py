@@ -71,7 +71,7 @@ def test_user_data_fetches_verifies_then_starts(phoenix_backend: Any, app_stack:
     assert f"REVISION='{REVISION}'" in bootstrap and f"SHA256='{SHA}'" in bootstrap
     assert "ENDPOINT='http://10.42.1.1:4566'" in bootstrap
     fetch = bootstrap.index("fetch_artifact.py")
-    assert fetch < bootstrap.index("systemctl enable --now phoenixapp.service"), "verify before start"
+    assert fetch < bootstrap.index("systemctl enable --now --no-reload phoenixapp.service"), "verify before start"
     assert "/usr/local/lib/phoenixapp/fetch_artifact.py" in files
     assert config["runcmd"] == [["/usr/local/lib/phoenixapp/bootstrap.sh"]]
 

@@ -133,7 +133,8 @@ def test_unit_is_hardened_and_starts_only_after_verification() -> None:
         assert line in unit.splitlines(), line
     boot = files["/usr/local/lib/phoenixapp/bootstrap.sh"]
     fetch_at = boot.index("fetch_artifact.py")
-    assert boot.index("systemctl enable --now phoenixapp.service") > fetch_at
+    assert boot.index("systemctl enable --now --no-reload phoenixapp.service") > fetch_at
+    assert "daemon-reload" not in boot.replace("No daemon-reload", "")  # one reload fewer per deploy
     assert boot.index("/etc/systemd/system/phoenixapp.service") > fetch_at
     assert "set -euo pipefail" in boot
 
