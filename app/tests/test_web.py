@@ -87,7 +87,8 @@ def test_post_is_rejected() -> None:
 @pytest.fixture
 def server() -> Iterator[str]:
     srv = web.make_app_server("127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: its default 0.5 s was up to half a second of every build
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{srv.server_port}"

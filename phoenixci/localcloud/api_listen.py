@@ -21,6 +21,7 @@ from phoenixci.localcloud.tls import TlsIdentity
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+STOP_POLL_S = 0.05  # stop() waits for serve_forever's next poll (its default: 0.5 s per listener)
 TLS_RECORD_HANDSHAKE = 0x16  # the first byte a TLS client sends
 _PLAIN_HTTP_TEXT = b"This endpoint speaks HTTPS only: use https:// (and AWS_CA_BUNDLE from the env file).\n"
 PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -76,8 +77,8 @@ class Listener:
         self.scheme = "https" if identity is not None else "http"
         self.address = address
         self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"api-{address}:{self.port}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(STOP_POLL_S,),
+                                        name=f"api-{address}:{self.port}", daemon=True)
         self._thread.start()
 
     @property

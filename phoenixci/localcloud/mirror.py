@@ -76,8 +76,8 @@ class MirrorServer:
         self._server.daemon_threads = True
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"mirror-{host}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),  # stop() waits a poll
+                                        name=f"mirror-{host}", daemon=True)
 
     @property
     def url(self) -> str:
