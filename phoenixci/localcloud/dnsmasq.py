@@ -42,13 +42,22 @@ class Dnsmasq:
         except (OSError, ValueError):
             return None
 
-    def reads(self) -> int:
-        """How often dnsmasq has (re)read the hosts file, by its log."""
+    def log_size(self) -> int:
         try:
-            text = self.logfile.read_text(errors="replace")
+            return self.logfile.stat().st_size
         except OSError:
             return 0
-        return sum(line.endswith(f": read {self.hosts}") for line in text.splitlines())
+
+    def read_since(self, offset: int) -> bool:
+        """Whether dnsmasq's log says, after byte ``offset``, that it (re)read the hosts file
+        (only the new part of the log is read: it grows with every lease)."""
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        return any(line.endswith(f": read {self.hosts}") for line in text.splitlines())
 
     def start(self, cgroup_procs: Path) -> None:
         if self.pid():
@@ -56,7 +65,7 @@ class Dnsmasq:
         self.state.mkdir(parents=True, exist_ok=True)
         self.hosts.touch()
         self.pidfile.unlink(missing_ok=True)
-        before = self.reads()
+        before = self.log_size()
         net = ipaddress.ip_network(self.cidr)
         gateway = str(next(net.hosts()))
         dns = [f"--address=/{name}/{gateway}" for name in self.dns_names]
@@ -77,7 +86,7 @@ class Dnsmasq:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                     preexec_fn=join_cgroup, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
-        while not (self.pid() and self.reads() > before):
+        while not (self.pid() and self.read_since(before)):
             if proc.poll() is not None:
                 raise NetError(f"dnsmasq for bridge {self.bridge} exited at start with status {proc.returncode}: "
                                f"{errfile.read_text(errors='replace').strip() or self._tail()}")
@@ -104,12 +113,12 @@ class Dnsmasq:
                 raise NetError(f"dnsmasq for bridge {self.bridge} is not running (pid file {self.pidfile}); "
                                f"the instance at {ip} would get no DHCP lease")
             return
-        before = self.reads()
+        before = self.log_size()
         os.kill(pid, signal.SIGHUP)
         if not ip:
             return
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        while self.reads() <= before:
+        while not self.read_since(before):
             if time.monotonic() > deadline:
                 raise NetError(f"dnsmasq for bridge {self.bridge} (pid {pid}) did not re-read {self.hosts} "
                                f"within {RELOAD_TIMEOUT:g} s of SIGHUP (log: {self._tail()})")
