@@ -180,9 +180,9 @@ def session_backend(run: SessionRun) -> Iterator[Backend]:
 
 def _check_host(run: SessionRun) -> None:
     """No namespace, link, cgroup, mount, firewall table or process of the session's cloud is left."""
-    from phoenixci.localcloud.hostcheck import tag_of, wait_gone
+    from phoenixci.localcloud.hostcheck import cloud_tag, wait_gone
 
-    left = [item for state_dir in run.host_checks for item in wait_gone(tag_of(state_dir), state_dir)]
+    left = [item for state_dir in run.host_checks for item in wait_gone(cloud_tag(state_dir), state_dir)]
     if left:
         raise LeakError(f"the session's local cloud left on this machine: {', '.join(left)}", leftovers=left)
 

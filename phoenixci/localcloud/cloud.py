@@ -20,7 +20,13 @@ from typing import Any
 from phoenixci.errors import LeakError, PhoenixError
 from phoenixci.localcloud.addressing import refuse_overlap
 from phoenixci.localcloud.api import ApiServer
-from phoenixci.localcloud.cloudtags import LocalCloudError, claim_tag, release_tag, write_env_file
+from phoenixci.localcloud.cloudtags import (
+    LocalCloudError,
+    claim_free_tag,
+    claim_tag,
+    release_tag,
+    write_env_file,
+)
 from phoenixci.localcloud.mirror import MirrorServer
 from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot, snapshot
 from phoenixci.localcloud.regions import check_region
@@ -92,8 +98,8 @@ class LocalCloud:
             raise LocalCloudError("the local cloud needs root (network namespaces, bridges, mounts): "
                                   "run as root")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.runtime = Runtime(self.state_dir / "runtime")
-        claim_tag(self.runtime.tag, self.state_dir)
+        claim_free_tag(self.state_dir / "runtime", self.state_dir)
+        self.runtime = Runtime(self.state_dir / "runtime")  # its tag: the one just claimed
         self.limits_note = limits.advice(limits.ensure())  # raised if we may, else said (log, status)
         swept = self.runtime.sweep()
         if swept:

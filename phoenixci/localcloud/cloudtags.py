@@ -46,6 +46,28 @@ def claim_tag(tag: str, state_dir: Path) -> None:
         f.write(f"{state_dir}\n")
 
 
+def claim_free_tag(runtime_dir: Path, state_dir: Path) -> str:
+    """Claim the first of the runtime's candidate tags no other state dir owns (its own from an
+    earlier run first, so a restart sweeps what a crash left) and write it to the runtime's tag
+    file, where every later ``tag_of`` finds it. Three hex digits collide now and then between
+    clouds of random state dirs; two of 32 candidates all taken does not happen by chance."""
+    from phoenixci.localcloud.hostcheck import TAG_FILE, candidate_tags, tag_of
+
+    current = tag_of(runtime_dir)
+    owners = []
+    for tag in dict.fromkeys([current, *candidate_tags(runtime_dir)]):
+        try:
+            claim_tag(tag, state_dir)
+        except LocalCloudError:
+            owners.append(tag)
+            continue
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+        (runtime_dir / TAG_FILE).write_text(tag + "\n")
+        return tag
+    raise LocalCloudError(f"every name tag {state_dir} may use ({', '.join(owners)}) belongs to another local "
+                          f"cloud (see {TAG_DIR}): stop those, or choose another --state-dir")
+
+
 def release_tag(tag: str, state_dir: Path) -> None:
     path = TAG_DIR / tag
     with contextlib.suppress(FileNotFoundError):

@@ -35,9 +35,33 @@ def _processes(tag: str, state_dir: str) -> list[str]:
     return found
 
 
-def tag_of(state_dir: str | Path, name_prefix: str = "phx") -> str:
-    """The tag a cloud with this state directory gives everything it makes (``Runtime.tag``)."""
-    return name_prefix + hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:3]
+#: the file in a runtime directory naming the tag its cloud claimed (cloudtags.claim_free_tag)
+TAG_FILE = "tag"
+TAG_CANDIDATES = 32
+
+
+def candidate_tags(runtime_dir: str | Path, name_prefix: str = "phx") -> list[str]:
+    """The tags a runtime directory may use, in order: 3 hex digits of sha1 of its path, then of
+    its path with ``#1``, ``#2``, ... (interface names allow no more: the tag leads every name)."""
+    path = str(Path(runtime_dir).resolve())
+    return [name_prefix + hashlib.sha1((path if i == 0 else f"{path}#{i}").encode()).hexdigest()[:3]
+            for i in range(TAG_CANDIDATES)]
+
+
+def tag_of(runtime_dir: str | Path, name_prefix: str = "phx") -> str:
+    """The tag the runtime in ``runtime_dir`` gives everything it makes (``Runtime.tag``): the one
+    its cloud claimed (the tag file), else the first candidate."""
+    candidates = candidate_tags(runtime_dir, name_prefix)
+    try:
+        written = (Path(runtime_dir) / TAG_FILE).read_text().strip()
+    except OSError:
+        written = ""
+    return written if written in candidates else candidates[0]
+
+
+def cloud_tag(state_dir: str | Path) -> str:
+    """The tag of the local cloud whose state directory is ``state_dir`` (its runtime's)."""
+    return tag_of(Path(state_dir) / "runtime")
 
 
 def host_leftovers(tag: str, state_dir: str | Path) -> list[str]:

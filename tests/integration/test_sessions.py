@@ -16,7 +16,7 @@ import pytest
 from phoenixci import leaks
 from phoenixci.backends import get_backend
 from phoenixci.localcloud import daemon
-from phoenixci.localcloud.hostcheck import host_leftovers, tag_of
+from phoenixci.localcloud.hostcheck import cloud_tag, host_leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def session(tmp_path: Path, test_source: str, *args: str, env: dict[str, str] | 
 
 def nothing_left_on_the_host(record: dict[str, str]) -> None:
     assert record.get("state_dir"), "the session never started its cloud"
-    left = host_leftovers(tag_of(record["state_dir"]), record["state_dir"])
+    left = host_leftovers(cloud_tag(record["state_dir"]), record["state_dir"])
     assert left == [], f"the session's cloud left {left}"
 
 

@@ -63,3 +63,41 @@ def test_overlapping_subnet_is_refused_naming_the_device(monkeypatch: pytest.Mon
     with pytest.raises(addressing.AddressingError, match=r"10.77.1.0/24 overlaps 10.77.0.0/16 .*dev phxb2"):
         addressing.refuse_overlap("10.77.1.0/24")
     addressing.refuse_overlap("10.78.1.0/24")
+
+
+def test_a_tag_taken_by_another_state_dir_moves_this_cloud_to_its_next_candidate(tmp_path: Path) -> None:
+    from phoenixci.localcloud.cloudtags import claim_free_tag
+    from phoenixci.localcloud.hostcheck import candidate_tags, cloud_tag, tag_of
+    from phoenixci.localcloud.runtime import Runtime
+
+    state = tmp_path / "a"
+    runtime_dir = state / "runtime"
+    first, second = candidate_tags(runtime_dir)[:2]
+    assert tag_of(runtime_dir) == first == cloud_tag(state)  # no tag file: the first candidate
+    claim_tag(first, tmp_path / "someone-else")  # a random state dir that hashes the same
+    assert claim_free_tag(runtime_dir, state) == second
+    assert (runtime_dir / "tag").read_text().strip() == second
+    assert tag_of(runtime_dir) == cloud_tag(state) == Runtime(runtime_dir).tag == second  # every reader agrees
+    release_tag(second, state)
+    release_tag(first, tmp_path / "someone-else")
+    assert claim_free_tag(runtime_dir, state) == second  # a restart keeps the tag it had: it sweeps by it
+
+
+def test_a_forged_tag_file_is_ignored(tmp_path: Path) -> None:
+    from phoenixci.localcloud.hostcheck import candidate_tags, tag_of
+
+    runtime_dir = tmp_path / "runtime"
+    runtime_dir.mkdir()
+    (runtime_dir / "tag").write_text("phx")  # not one of its candidates: would match every cloud's names
+    assert tag_of(runtime_dir) == candidate_tags(runtime_dir)[0]
+
+
+def test_every_candidate_taken_is_a_clear_error(tmp_path: Path) -> None:
+    from phoenixci.localcloud.cloudtags import claim_free_tag
+    from phoenixci.localcloud.hostcheck import candidate_tags
+
+    runtime_dir = tmp_path / "a" / "runtime"
+    for tag in candidate_tags(runtime_dir):
+        claim_tag(tag, tmp_path / "other")
+    with pytest.raises(LocalCloudError, match=r"every name tag .* belongs to another local cloud"):
+        claim_free_tag(runtime_dir, tmp_path / "a")
