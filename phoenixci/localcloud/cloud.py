@@ -20,22 +20,14 @@ from typing import Any
 from phoenixci.errors import LeakError, PhoenixError
 from phoenixci.localcloud.addressing import refuse_overlap
 from phoenixci.localcloud.api import ApiServer
-from phoenixci.localcloud.cloudtags import (
-    LocalCloudError,
-    claim_free_tag,
-    claim_tag,
-    release_tag,
-    write_env_file,
-)
+from phoenixci.localcloud.cloudtags import LocalCloudError, claim_free_tag, release_tag, write_env_file
 from phoenixci.localcloud.mirror import MirrorServer
-from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot, snapshot
+from phoenixci.localcloud.reconcile import Reconciler
 from phoenixci.localcloud.regions import check_region
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot, snapshot
 from phoenixci.localcloud.stages import layer_files as stage_files
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ACCOUNT_ID", "CloudInfo", "LocalCloud", "LocalCloudError", "claim_tag", "release_tag",
-           "write_env_file"]  # the last four live in cloudtags.py
 
 ACCOUNT_ID = "123456789012"
 #: the wheelhouse on every subnet gateway: pip install --no-index --find-links http://GATEWAY:3141/ …

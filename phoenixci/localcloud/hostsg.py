@@ -38,8 +38,9 @@ from typing import Any
 
 from phoenixci.localcloud import nacls, netlink
 from phoenixci.localcloud.hostsg_render import Port, Subnet, render, render_groups, render_ports, table_name
-from phoenixci.localcloud.reconcile import GONE_STATES, RUNNING_STATES, Snapshot
+from phoenixci.localcloud.reconcile import GONE_STATES, RUNNING_STATES
 from phoenixci.localcloud.secgroups import Rule, SecurityGroup, from_moto
+from phoenixci.localcloud.snapshot import Snapshot
 
 FAMILIES = ("bridge", "ip")
 

@@ -73,7 +73,7 @@ def ensure_bridge(name: str, cidr: str) -> str:
     Its bridged IPv4 goes through the IPv4 hooks (``nf_call_iptables``, this bridge only)."""
     net = ipaddress.ip_network(cidr)
     gateway = str(next(net.hosts()))
-    if name not in link_names():
+    if not link_exists(name):
         _br_netfilter()
         ip_batch([f"link add {name} type bridge nf_call_iptables 1",
                   f"addr add {gateway}/{net.prefixlen} dev {name}",

@@ -32,7 +32,8 @@ from typing import Any
 
 from phoenixci.localcloud import hostsg, secgroups
 from phoenixci.localcloud.eip import ApplyResult, EipForwarding, ForwardingError, Target
-from phoenixci.localcloud.reconcile import RUNNING_STATES, Snapshot
+from phoenixci.localcloud.reconcile import RUNNING_STATES
+from phoenixci.localcloud.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

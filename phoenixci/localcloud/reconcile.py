@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phoenixci.localcloud.launches import StartPolicy
-from phoenixci.localcloud.snapshot import InstanceView, Snapshot, snapshot
-
-__all__ = ["InstanceRecord", "InstanceView", "Reconciler", "Snapshot", "snapshot"]  # the views live in snapshot.py
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot
 
 log = logging.getLogger(__name__)
 

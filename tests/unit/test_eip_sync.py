@@ -19,7 +19,8 @@ from phoenixci.localcloud import hostsg
 from phoenixci.localcloud.eip import THREAD_PREFIX, EipForwarding, ForwardingError, Target
 from phoenixci.localcloud.netsync import NetworkSync, eip_targets
 from phoenixci.localcloud.patches import eip_events
-from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot
+from phoenixci.localcloud.reconcile import Reconciler
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot
 from phoenixci.util import free_port, wait_until
 
 pytestmark = pytest.mark.unit

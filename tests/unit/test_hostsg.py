@@ -9,8 +9,8 @@ import pytest
 
 from phoenixci.localcloud import hostsg, netlink
 from phoenixci.localcloud.hostsg import CloudLinks, Port, Subnet, ports_of, render_groups, render_ports
-from phoenixci.localcloud.reconcile import InstanceView, Snapshot
 from phoenixci.localcloud.secgroups import ALL_OUTBOUND, Rule, SecurityGroup, SecurityGroupError
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot
 
 pytestmark = pytest.mark.unit
 

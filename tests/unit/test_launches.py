@@ -15,7 +15,8 @@ import pytest
 
 from phoenixci.localcloud import launches
 from phoenixci.localcloud.launches import Launches, StartPolicy, compose, describe_exit
-from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot
+from phoenixci.localcloud.reconcile import Reconciler
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot
 
 pytestmark = pytest.mark.unit
 

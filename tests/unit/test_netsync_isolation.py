@@ -8,7 +8,7 @@ import pytest
 from phoenixci.localcloud import hostsg, netsync
 from phoenixci.localcloud.eip import ApplyResult
 from phoenixci.localcloud.netsync import NetworkSync
-from phoenixci.localcloud.reconcile import InstanceView, Snapshot
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot
 
 pytestmark = pytest.mark.unit
 

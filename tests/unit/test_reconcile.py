@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from phoenixci.localcloud.reconcile import InstanceView, Reconciler, Snapshot
+from phoenixci.localcloud.reconcile import Reconciler
+from phoenixci.localcloud.snapshot import InstanceView, Snapshot
 from phoenixci.util import wait_until
 
 pytestmark = pytest.mark.unit
