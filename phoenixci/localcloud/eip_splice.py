@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 BUFSIZE = 65536
 
 
+def no_delay(sock: socket.socket) -> None:
+    """TCP_NODELAY: a relay passes each piece on at once. With Nagle, a response written in
+    two pieces (headers, then body) waits for the peer's delayed ACK: ~40 ms per request."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def reset(sock: socket.socket) -> None:
     """Close ``sock`` with a TCP reset (SO_LINGER 0) instead of a FIN."""
     with contextlib.suppress(OSError):
@@ -74,6 +81,7 @@ class Listener:
             self._closed.wait(0.1)
             return
         sock.setblocking(True)
+        no_delay(sock)
         try:
             self._on_accept(sock, peer)
         except Exception:  # noqa: BLE001 - one bad connection must not stop the listener
@@ -147,6 +155,7 @@ class Connection:
                 reset(upstream)
                 reset(self.client)
                 return
+            no_delay(upstream)
             for s in (self.client, upstream):
                 s.settimeout(self._idle)
             back = threading.Thread(target=self._pump, args=(upstream, self.client),

@@ -31,6 +31,7 @@ class HttpHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "phoenixci-pkgproxy"
+    disable_nagle_algorithm = True  # as the IMDS: no delayed-ACK wait between headers and body
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int], proxy: PackageProxy) -> None:
         self.proxy = proxy
