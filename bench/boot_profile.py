@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cloud_boot import USER_DATA, http_ok  # noqa: E402
+from cpuref import cpu_reference  # noqa: E402
 from scale import Scale, cgroup_cpu_s, own_cpu_s, port_open, ssh_ready  # noqa: E402
 
 from phoenixci.backends import get_backend  # noqa: E402
@@ -107,6 +108,7 @@ def main() -> int:
     if args.repeat < 1 or args.timeout <= 0:
         ap.error("--repeat >= 1, --timeout > 0")
     logging.basicConfig(level=logging.ERROR)
+    cpu_before = cpu_reference()
     with tempfile.TemporaryDirectory() as tmp, get_backend("moto://") as backend:
         key = Path(tmp) / "key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
@@ -114,7 +116,8 @@ def main() -> int:
         boots = [profile_one(bench, args.timeout) for _ in range(args.repeat)]
     complete = [b for b in boots if b["complete"]]
     print(json.dumps({"benchmark": "boot_profile", "repeat": args.repeat, "incomplete": len(boots) - len(complete),
-                      "median": medians(complete), "boots": boots}, indent=2))
+                      "median": medians(complete), "boots": boots,
+                      "cpu_reference_s": {"before": cpu_before, "after": cpu_reference()}}, indent=2))
     return 0 if len(complete) == len(boots) else 1
 
 

@@ -8,6 +8,8 @@ phases, and what is left between the steps). A bounded
 load (>= 20 requests/s) runs against the app's Elastic IP through all deploys and counts every
 request that did not answer 200. Then `phoenixci down`, and what the run left.
 
+``cpu_reference_s`` (cpuref.py) says how fast this machine's CPU was before and after the run.
+
 Prints JSON. Usage: python bench/pipeline.py [--deploys 5] [--rate 25]
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cpuref import cpu_reference  # noqa: E402
 
 from phoenixci.env import buildbot  # noqa: E402
 from phoenixci.env.state import EnvState  # noqa: E402
@@ -122,6 +126,7 @@ def main() -> int:
     args = parser.parse_args()
     result: dict[str, object] = {"benchmark": "pipeline", "backend": "moto://", "deploys": args.deploys,
                                  "load_rate_per_s": args.rate}
+    cpu_before = cpu_reference()
     with tempfile.TemporaryDirectory(prefix="phoenixci-bench-") as tmp:
         env_dir = Path(tmp) / "env"
         up_s, _ = cli(env_dir, "up")
@@ -132,6 +137,7 @@ def main() -> int:
             down_s, _ = cli(env_dir, "down")
             result["down_s"] = round(down_s, 1)
             result["leftovers"] = _leftovers(env_dir)
+    result["cpu_reference_s"] = {"before": cpu_before, "after": cpu_reference()}
     print(json.dumps(result, indent=2))
     return 0 if not result["leftovers"] and load.failed == 0 else 1
 

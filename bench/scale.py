@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cloud_boot import USER_DATA, http_ok, pct, ssh_ok  # noqa: E402
+from cpuref import cpu_reference  # noqa: E402
 
 from phoenixci.backends import get_backend  # noqa: E402
 from phoenixci.localcloud import limits  # noqa: E402
@@ -213,7 +214,8 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a polite kill still stops the cloud
     out: dict[str, Any] = {"benchmark": "scale", "nproc": len(os.sched_getaffinity(0)),
-                           "subnet": SUBNET_CIDR, "timeout_s": args.timeout}
+                           "subnet": SUBNET_CIDR, "timeout_s": args.timeout,
+                           "cpu_reference_s": {"before": cpu_reference()}}
     results: dict[int, dict[str, Any]] = {}
     before, tag, state = sysctls(), "", ""
     try:
@@ -240,6 +242,7 @@ def main() -> int:
         "cpu_seconds_per_boot_max": target({"v": None if None in cpu or not cpu else max(cpu)}, "v", 1.5),
         "leftovers": {"target": "0", "value": left, "met": left == 0 and bool(tag)},
     }
+    out["cpu_reference_s"]["after"] = cpu_reference()
     print(json.dumps(out, indent=2))
     return 1 if "error" in out or left or not tag else 0
 
