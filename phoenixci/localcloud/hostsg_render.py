@@ -178,10 +178,12 @@ def render_groups(tag: str, subnets: Iterable[Subnet], ports: Iterable[Port], me
               *_vmap("ip saddr", {ip: _chain(p, "out") for ip, p in ips.items()}),
               *_vmap("ip daddr", {ip: _chain(p, "in") for ip, p in ips.items()}),
               "    drop", "  }",
-              "  chain to_host {", *dns_in, *heads["to_host"], "    ct state established,related accept",
+              # DHCP before the conntrack checks: the kernel tracks no broadcast a promiscuous
+              # bridge (tcpdump on it) passes up, so "invalid" would drop every DHCPDISCOVER
+              "  chain to_host {", *dns_in, *heads["to_host"], f"    udp sport 68 udp dport 67 accept {label('DHCP')}",
+              "    ct state established,related accept",
               "    ct state invalid drop",
               f"    ct status dnat ct original ip daddr {IMDS_ADDRESS} accept {label('the IMDS')}",
-              f"    udp sport 68 udp dport 67 accept {label('DHCP')}",
               *_vmap("ip saddr", {ip: _chain(p, "to_host") for ip, p in ips.items()}),
               "    drop", "  }",
               "  chain from_host {", *dns_out, *heads["from_host"], "    ct state established,related accept",

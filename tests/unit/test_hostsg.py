@@ -69,8 +69,11 @@ def test_groups_by_address_stateful() -> None:
                                            'th sport 53 accept comment "Amazon DNS"')
     without = render_groups("phxabc", [Subnet("phxabcb12345", "10.0.0.1", 4567)], [A, B], MEMBERS)
     assert "Amazon DNS" not in without  # no package path: no DNS rule either
-    assert to_host[3].startswith("ct status dnat ct original ip daddr 169.254.169.254 accept")
-    assert to_host[4].startswith("udp sport 68 udp dport 67 accept")
+    # DHCP before the conntrack checks: a promiscuous bridge (tcpdump on it) passes broadcasts up
+    # untracked, and "ct state invalid drop" would leave every new instance without a lease
+    assert to_host[1].startswith("udp sport 68 udp dport 67 accept")
+    assert to_host[2:4] == ["ct state established,related accept", "ct state invalid drop"]
+    assert to_host[4].startswith("ct status dnat ct original ip daddr 169.254.169.254 accept")
     # egress: to instances (return: the receiver's ingress decides next), to the host (internet)
     assert chain(text, "i_0a_out") == ['ip daddr { 0.0.0.0/0 } return comment "sg-web"', "drop"]
     assert chain(text, "i_0b_out") == ['ip daddr { 0.0.0.0/0 } tcp dport 443 return comment "sg-db"',
