@@ -7,7 +7,8 @@ Per instance: netns ``<tag>-<short>`` with ``eth0`` (the private IP/MAC) on a ve
 routes to the subnet and 169.254.169.254 only (no default route: nothing can leave the machine; the
 host redirects 169.254.169.254 and guards the link: hostsg.py); a cgroup ``<tag>-i<short>`` (kill =
 ``cgroup.kill``); pid/mount/uts/ipc/cgroup namespaces, an overlayfs root, systemd as PID 1 (see
-container_init.py). ``<tag>`` = name_prefix + 3 hex of sha1(state_dir): clouds never collide.
+container_init.py). ``<tag>`` = name_prefix + 3 hex, claimed per state dir (cloudtags.claim_free_tag,
+read back by hostcheck.tag_of): clouds never collide.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from phoenixci.errors import PhoenixError
 from phoenixci.localcloud import cgroups, netlink
+from phoenixci.localcloud.boot_phase import cloud_init_phase
 from phoenixci.localcloud.dnsmasq import Dnsmasq
 from phoenixci.localcloud.hostcheck import tag_of
 from phoenixci.localcloud.image import Image
@@ -236,17 +238,7 @@ class Runtime:
         pid = self.init_pid(instance_id)
         if pid is None:
             return "starting"
-        run = Path(f"/proc/{pid}/root/run")
-        result = run / "cloud-init/result.json"
-        if result.exists():
-            try:
-                errors = json.loads(result.read_text())["v1"].get("errors", [])
-            except (OSError, ValueError, KeyError):
-                return "cloud-init"
-            return "failed" if errors else "ready"
-        if (run / "cloud-init").exists():
-            return "cloud-init"
-        return "booting"
+        return cloud_init_phase(Path(f"/proc/{pid}/root/run"))
 
     def system_state(self, instance_id: str) -> str:
         """systemd's ``is-system-running`` inside the instance (via nsenter)."""
