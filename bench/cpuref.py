@@ -2,8 +2,8 @@
 
 This machine is a VM whose CPU speed varies with what else its host runs: with the project's
 .venv Python the loop below took 0.10 s at one moment and 0.14-0.20 s within the same minute, with
-nothing of ours running and no steal time reported. Every benchmark prints this figure beside its timings, so a run can be told
-apart from one on a slowed machine (and compared with one on the same footing).
+nothing of ours running and no steal time reported. The benchmarks print this figure beside their
+timings, so a run on a slowed machine can be told apart from one on the same footing.
 """
 from __future__ import annotations
 

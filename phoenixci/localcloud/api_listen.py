@@ -8,6 +8,7 @@ AWS's TLS-only endpoints and nginx do) instead of a hang or a reset.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -64,6 +65,7 @@ class TlsWSGIServer(ThreadedWSGIServer):
             tls.close()
 
 
+@functools.cache
 def _handler() -> type:
     """moto's request handler with TCP_NODELAY. werkzeug writes a response's headers and its
     body separately (each its own TLS record); with Nagle the body waits for the client's

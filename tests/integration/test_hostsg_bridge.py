@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -258,11 +259,14 @@ def test_a_bad_ruleset_keeps_the_old_one(lan: Lan) -> None:
     assert tables == {("bridge", hostsg.table_name(lan.tag)), ("ip", hostsg.table_name(lan.tag))}
 
 
+def _promiscuous(name: str) -> bool:
+    with open(f"/sys/class/net/{name}/flags", encoding="ascii") as f:
+        return bool(int(f.read(), 16) & 0x100)  # IFF_PROMISC
+
+
 def _dhcp_broadcast_arrives(lan: Lan, who: str) -> bool:
     """``who`` sends a UDP broadcast from port 68 to port 67 (a DHCPDISCOVER's addressing); does
     a socket on the host's port 67, bound to the bridge as dnsmasq's is, receive it?"""
-    import socket
-
     marker = secrets.token_hex(8).encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -292,13 +296,9 @@ def test_dhcp_reaches_the_host_while_the_bridge_is_promiscuous(lan: Lan) -> None
     assert _dhcp_broadcast_arrives(lan, "a")
     _sh("ip", "link", "set", lan.bridge, "promisc", "on")
     try:
-        assert netlink_promisc(lan.bridge)
+        assert _promiscuous(lan.bridge)
         assert _dhcp_broadcast_arrives(lan, "a")
         assert not _dhcp_broadcast_arrives(lan, "c")  # a port without rules still sends nothing
     finally:
         _sh("ip", "link", "set", lan.bridge, "promisc", "off")
 
-
-def netlink_promisc(name: str) -> bool:
-    with open(f"/sys/class/net/{name}/flags", encoding="ascii") as f:
-        return bool(int(f.read(), 16) & 0x100)
